@@ -1,0 +1,216 @@
+"""Typed hyper-parameters: one dataclass per params.yaml section.
+
+`load(path)` reads params.yaml and validates every key before any work starts:
+unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
+key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+DATASETS = ("fashion-mnist", "mnist", "mnist1d")
+MODELS = ("lenet-300-100", "mlp-mnist1d")
+OPTIMIZERS = ("adam", "sgd")
+STRATEGIES = ("layerwise",)
+CONTROLS = ("reinit", "random")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(ValueError):
+    """A params value is missing, misspelled, of the wrong type or out of range."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _help("one of " + ", ".join(DATASETS), "fashion-mnist")
+    validation: int = _help("training images held out (by seed) for early stopping", 5000)
+    train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
+    root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("one of " + ", ".join(MODELS), "lenet-300-100")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = _help("adam or sgd", "adam")
+    lr: float = _help("learning rate", 1.2e-3)
+    momentum: float = _help("SGD momentum", 0.0)
+    weight_decay: float = _help("L2 weight decay", 0.0)
+    batch_size: int = _help("minibatch size", 60)
+    iterations: int = _help("training iterations per round", 3000)
+    eval_every: int = _help("validation every N iterations (early-stop resolution)", 100)
+    device: str = _help("cpu, cuda or auto (cuda when present)", "cpu")
+    log_every: int = _help("print a progress line every N iterations (0 = only at the end)", 500)
+
+
+@dataclass
+class PruneConfig:
+    strategy: str = _help("layerwise: each layer loses `rate` of its remaining weights", "layerwise")
+    rate: float = _help("fraction of remaining hidden-layer weights pruned per round, in (0, 1)", 0.2)
+    output_rate: float | None = _help("rate of the output layer (null = half of `rate`)", None)
+    rounds: int = _help("pruning rounds after the dense round r0", 15)
+    chain: dict[str, str] = _help("round -> previous round; generated from `rounds` (conf/)", {})
+
+
+@dataclass
+class SummaryConfig:
+    tolerance: float = _help("a ticket 'wins' while its mean test accuracy >= dense mean minus this (pp)", 0.5)
+
+
+@dataclass
+class Config:
+    seed: int = _help("base seed; trial t uses seed + t", 0)
+    trials: int = _help("independent trials (init and data order) per variant", 2)
+    controls: list[str] = _help("controls trained beside each ticket: reinit, random", ["reinit", "random"])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+
+    def section_digest(self, *sections: str) -> str:
+        """Short digest of the named sections, recorded in artifact metadata."""
+        blob = json.dumps({s: _to_dict(getattr(self, s)) for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def output_rate(self) -> float:
+        return self.prune.rate / 2 if self.prune.output_rate is None else self.prune.output_rate
+
+
+def _to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def chain(rounds: int) -> dict[str, str]:
+    """{'r0': 'init', 'r1': 'r0', ...}: each round names its predecessor (DVC has no arithmetic)."""
+    return {f"r{k}": ("init" if k == 0 else f"r{k - 1}") for k in range(rounds + 1)}
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown key '{key}' (allowed in {prefix.rstrip('.') or 'params'}: {', '.join(sorted(names))})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in raw:
+            continue  # the dataclass default applies
+        values[f.name] = _coerce(hints[f.name], raw[f.name], key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".")
+    origin, args = get_origin(tp), get_args(tp)
+    if type(None) in args:  # Optional
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _coerce(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported type {tp} for {key}")  # a bug in this file, not in params
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed ({allowed})")
+
+
+def validate(cfg: Config) -> Config:
+    """Ranges and names that types alone do not catch."""
+    _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _check(cfg.trials >= 1, "trials", cfg.trials, "an integer >= 1")
+    for i, c in enumerate(cfg.controls):
+        _check(c in CONTROLS, f"controls[{i}]", c, "one of " + ", ".join(CONTROLS))
+    _check(len(set(cfg.controls)) == len(cfg.controls), "controls", cfg.controls, "each control at most once")
+    d = cfg.data
+    _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS))
+    _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
+    _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
+    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, "one of " + ", ".join(MODELS))
+    t = cfg.train
+    _check(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, "one of " + ", ".join(OPTIMIZERS))
+    _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.iterations >= 1, "train.iterations", t.iterations, "an integer >= 1")
+    _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    _check(t.log_every >= 0, "train.log_every", t.log_every, "an integer >= 0")
+    _check(t.device in DEVICES, "train.device", t.device, "one of " + ", ".join(DEVICES))
+    p = cfg.prune
+    _check(p.strategy in STRATEGIES, "prune.strategy", p.strategy, "one of " + ", ".join(STRATEGIES))
+    _check(0 < p.rate < 1, "prune.rate", p.rate, "a number in (0, 1)")
+    if p.output_rate is not None:
+        _check(0 <= p.output_rate < 1, "prune.output_rate", p.output_rate, "null or a number in [0, 1)")
+    _check(p.rounds >= 0, "prune.rounds", p.rounds, "an integer >= 0")
+    _check(
+        p.chain == chain(p.rounds),
+        "prune.chain",
+        p.chain,
+        f"must match prune.rounds={p.rounds}; params.yaml is generated from conf/config.yaml: "
+        "change rounds with `dvc exp run -S prune.rounds=N` or `make params`",
+    )
+    _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
+    return cfg
+
+
+def from_dict(raw: dict) -> Config:
+    return validate(_build(Config, raw, ""))
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(raw or {})

@@ -1,0 +1,152 @@
+"""Dataset registry. Everything is held in memory as tensors (no per-sample Dataset work).
+
+`prepare(cfg)` reads the raw dataset, carves the validation split out of the training
+set by seed and returns a dict of tensors that `stages/prepare.py` saves once;
+`load_prepared(path)` gives the normalised float tensors back to the training loop.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError
+
+# (folder under data.root, system folder, torchvision class, IDX file stem prefix)
+IDX_DATASETS = {
+    "fashion-mnist": ("fashion-mnist", "/usr/share/datasets/fashion-mnist", "FashionMNIST"),
+    "mnist": ("mnist", "/usr/share/datasets/mnist", "MNIST"),
+}
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "mnist1d": (40,)}
+
+
+class DataError(RuntimeError):
+    """A raw or prepared data file is missing, truncated or malformed."""
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally .gz), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    start, count = 4 + 4 * ndim, int(np.prod(dims))
+    if len(raw) != start + count:
+        raise DataError(f"{path}: expected {count} values for shape {dims}, found {len(raw) - start}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def idx_folder(name: str, root: Path) -> Path:
+    """First folder holding all four IDX files: data.root/<name>, the system folder, else download."""
+    sub, system, tv_class = IDX_DATASETS[name]
+    candidates = [root / sub, Path(system), root / tv_class / "raw"]
+    for folder in candidates:
+        if all(_find_idx(folder, stem) for stem in IDX_FILES.values()):
+            return folder
+    import torchvision  # only when nothing is on disk
+
+    print(f"[prepare] {name}: no local copy in {', '.join(map(str, candidates[:2]))}; downloading with torchvision")
+    try:
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(
+            f"{name}: not found locally ({', '.join(map(str, candidates))}) and download failed: {e}"
+        ) from None
+    return candidates[2]
+
+
+def _load_idx_dataset(name: str, root: Path) -> dict[str, np.ndarray]:
+    folder = idx_folder(name, root)
+    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
+            raise DataError(f"{folder}: {split} images {x.shape} and labels {y.shape} do not match 28x28 IDX")
+    print(f"[prepare] {name}: read {len(arrays['train_y'])} train / {len(arrays['test_y'])} test images from {folder}")
+    return {
+        "x": arrays["train_x"][:, None],
+        "y": arrays["train_y"],
+        "x_test": arrays["test_x"][:, None],
+        "y_test": arrays["test_y"],
+    }
+
+
+def _load_mnist1d() -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())  # generated offline, seeded by the package's defaults
+    return {"x": d["x"].astype(np.float32), "y": d["y"], "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"]}
+
+
+def prepare(cfg: Config) -> dict[str, torch.Tensor]:
+    """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x)."""
+    d = cfg.data
+    raw = _load_mnist1d() if d.dataset == "mnist1d" else _load_idx_dataset(d.dataset, Path(d.root))
+    n = len(raw["y"])
+    if d.validation >= n:
+        raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).numpy()
+    val, train = perm[: d.validation], np.sort(perm[d.validation :])
+    if d.train_subset:
+        train = train[: d.train_subset]
+    x = torch.from_numpy(np.ascontiguousarray(raw["x"]))
+    y = torch.from_numpy(raw["y"].astype(np.int64))
+    x_train = x[torch.from_numpy(train)]
+    xf = x_train.float()
+    return {
+        "x_train": x_train, "y_train": y[torch.from_numpy(train)],
+        "x_val": x[torch.from_numpy(val)], "y_val": y[torch.from_numpy(val)],
+        "x_test": torch.from_numpy(np.ascontiguousarray(raw["x_test"])),
+        "y_test": torch.from_numpy(raw["y_test"].astype(np.int64)),
+        "mean": xf.mean(), "std": xf.std(),  # per-dataset normalisation, from the training split only
+    }
+
+
+def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Prepared tensors, normalised to float32 with the training split's mean and std."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data missing; run `dvc repro prepare`")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path}: cannot load prepared data ({e}); run `dvc repro -f prepare`") from None
+    out = {}
+    for split in ("train", "val", "test"):
+        x = (raw[f"x_{split}"].float() - raw["mean"]) / raw["std"]
+        out[f"x_{split}"] = x.to(device)
+        out[f"y_{split}"] = raw[f"y_{split}"].to(device)
+    return out
+
+
+def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    from .artifacts import atomic_save
+
+    atomic_save(tensors, Path(path))
+
+
+def shape(dataset: str) -> tuple[int, ...]:
+    return SHAPES[dataset]
+

@@ -1,0 +1,164 @@
+"""The training loop: a stack of masked networks trained together on in-memory tensors.
+
+Every network sees its own data order (one order per seed; networks that share a seed
+share batches), the mask is re-applied after every optimizer step, validation runs every
+`eval_every` iterations, and the early-stop iteration is the one of minimum validation loss.
+The test set is only evaluated on the weights chosen by validation and on the final ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError, TrainConfig
+from .masks import Mask, apply
+
+
+class NumericalError(RuntimeError):
+    """The loss or a weight became NaN or infinite."""
+
+
+@dataclass
+class Result:
+    early_stop_iteration: list[int]
+    test_accuracy: list[float]  # at the early-stop iteration
+    final_test_accuracy: list[float]
+    min_val_loss: list[float]
+    curve: list[dict]  # one row per evaluation: iteration, val_loss[N], val_acc[N]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Element-wise optimizers on stacked tensors equal one optimizer per network. The fused
+    # kernels are about 2x faster than foreach on 2 CPU cores (LeNet, 6 networks).
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of every network on (x, y): two (N,) tensors."""
+    loss = acc = 0.0
+    for s in range(0, len(y), chunk):
+        out = model(x[None, s : s + chunk])  # (N, b, C)
+        yb = y[s : s + chunk]
+        loss = loss + F.cross_entropy(out.transpose(1, 2), yb.expand(out.shape[0], -1), reduction="none").sum(1)
+        acc = acc + (out.argmax(-1) == yb).sum(1)
+    return (loss / len(y)).double(), (acc / len(y)).double()
+
+
+def _check_finite(model: nn.Module, loss: torch.Tensor, it: int, label: str) -> None:
+    if torch.isfinite(loss).all():
+        return
+    nets = torch.nonzero(~torch.isfinite(loss)).flatten().tolist()
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p[nets[0]]).all()]
+    where = f"first non-finite parameter: {bad[0]}" if bad else "parameters still finite (the loss overflowed)"
+    raise NumericalError(f"{label}: non-finite loss at iteration {it} in network(s) {nets}; {where}. No checkpoint written.")
+
+
+def train(
+    model: nn.Module,
+    mask: Mask,
+    data: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    order_seeds: list[int],
+    label: str = "train",
+    log=print,
+) -> Result:
+    n_nets = len(order_seeds)
+    x_train, y_train = data["x_train"], data["y_train"]
+    n_train, bs = len(y_train), cfg.batch_size
+    if bs > n_train:
+        raise ConfigError(f"train.batch_size: {bs} is not allowed (larger than the {n_train} training examples)")
+    device = x_train.device
+    uniq = sorted(set(order_seeds))
+    gens = [torch.Generator().manual_seed(s) for s in uniq]
+    net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=device)
+    identity = len(uniq) == n_nets and uniq == list(order_seeds)
+
+    params = list(model.parameters())
+    opt = make_optimizer(params, cfg)
+    apply(model, mask)
+    weights = [dict(model.named_parameters())[k] for k in mask]
+    keep = [m.to(p.dtype) for m, p in zip(mask.values(), weights)]
+
+    best = [p.detach().clone() for p in params]
+    best_loss = torch.full((n_nets,), float("inf"), dtype=torch.float64)
+    best_it = torch.zeros(n_nets, dtype=torch.long)
+    curve: list[dict] = []
+    perms, pos = None, n_train
+    t0 = time.perf_counter()
+    running, since = torch.zeros(n_nets, device=device), 0
+    for it in range(1, cfg.iterations + 1):
+        if pos + bs > n_train:  # a new epoch for every data order
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
+            pos = 0
+        idx = perms[:, pos : pos + bs]
+        pos += bs
+        xb, yb = x_train[idx], y_train[idx]  # (orders, B, ...)
+        if not identity:
+            xb, yb = xb[net_order], yb[net_order]
+        out = model(xb)
+        losses = F.cross_entropy(out.transpose(1, 2), yb, reduction="none").mean(1)  # (N,)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(weights, keep)  # pruned weights stay exactly zero
+            running += losses.detach()
+        since += 1
+
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            _check_finite(model, running, it, label)
+            val_loss, val_acc = evaluate(model, data["x_val"], data["y_val"])
+            val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
+            _check_finite(model, val_loss, it, label)
+            better = val_loss < best_loss
+            if better.any():
+                with torch.no_grad():
+                    for b, p in zip(best, params):
+                        b[better.to(device)] = p[better.to(device)]
+                best_loss = torch.where(better, val_loss, best_loss)
+                best_it = torch.where(better, torch.tensor(it), best_it)
+            curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
+        if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
+            _check_finite(model, running, it, label)
+            dt = time.perf_counter() - t0
+            rate = it / dt
+            last = curve[-1]["val_acc"] if curve else [float("nan")]
+            log(
+                f"[{label}] it {it:>6}/{cfg.iterations}  loss {float(running.mean()) / since:.4f}"
+                f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s ({rate * n_nets:.0f} net-it/s)"
+                f"  ETA {(cfg.iterations - it) / rate:5.0f}s"
+            )
+            running.zero_()
+            since = 0
+
+    final_loss, final_acc = evaluate(model, data["x_test"], data["y_test"])
+    with torch.no_grad():
+        final = [p.detach().clone() for p in params]
+        for p, b in zip(params, best):
+            p.copy_(b)
+        _, es_acc = evaluate(model, data["x_test"], data["y_test"])
+        for p, f in zip(params, final):
+            p.copy_(f)
+    return Result(
+        early_stop_iteration=best_it.tolist(),
+        test_accuracy=es_acc.tolist(),
+        final_test_accuracy=final_acc.tolist(),
+        min_val_loss=best_loss.tolist(),
+        curve=curve,
+    )
+

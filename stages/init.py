@@ -1,0 +1,20 @@
+"""init: θ0 of every trial and the dense mask -> runs/init/{model,mask}.pt."""
+import argparse
+from pathlib import Path
+
+from lottery import config, rounds
+from lottery.cli import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="runs/init")
+    args = ap.parse_args()
+    cfg = config.load(args.params)
+    rounds.init(cfg, Path(args.out))
+    print(f"[init] {cfg.model.name}: θ0 for seeds {rounds.trial_seeds(cfg)} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,22 @@
+"""round: prune the previous round's ticket, rewind to θ0, train ticket and controls -> runs/<round>/."""
+import argparse
+from pathlib import Path
+
+from lottery import config, rounds
+from lottery.cli import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("round", help="this round, e.g. r3")
+    ap.add_argument("prev", help="the round it prunes, e.g. r2 (init for r0)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--data", default="data/prepared.pt")
+    args = ap.parse_args()
+    cfg = config.load(args.params)
+    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,25 @@
+"""summarize: runs/<round>/metrics.json of every round -> metrics/ (summary.json, CSVs, figures)."""
+import argparse
+from pathlib import Path
+
+from lottery import config, summary
+from lottery.cli import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--out", default="metrics")
+    args = ap.parse_args()
+    cfg = config.load(args.params)
+    names = list(cfg.prune.chain)
+    result = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
+    df, _ = summary.collect(Path(args.runs), names)
+    print(summary.format_table(df))
+    print(f"[summarize] dense {result['dense']['test_accuracy']:.2f}%; ticket within {cfg.summary.tolerance} pp "
+          f"down to {result.get('ticket', {}).get('smallest_winning_weights_remaining')}% remaining -> {args.out}/")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,114 @@
+"""Real git + real DVC in temporary folders.
+
+One template repository per test session (project files, a tiny mnist1d configuration,
+`dvc repro` already run and committed); each test gets its own copy.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "conf", "hydra_plugins", "stages", "lottery", ".dvc/config", ".dvcignore", ".gitignore"]
+
+# Small enough for seconds per stage, real enough to prune and train.
+TINY = {
+    "trials": 2,
+    "data": {"dataset": "mnist1d", "validation": 500},
+    "model": {"name": "mlp-mnist1d"},
+    "train": {"iterations": 200, "eval_every": 50, "log_every": 100, "batch_size": 32},
+    "prune": {"rounds": 2},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def env_for(tmp: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(tmp / "dvc-site-cache"),
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Repo:
+    def __init__(self, path: Path, env: dict):
+        self.path, self.env = path, env
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+        return p
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def commit(self, msg: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", msg, "--allow-empty")
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, over: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(_merge(self.params(), over), sort_keys=False))
+
+
+def ran(output: str) -> list[str]:
+    """Stages DVC executed (not skipped, not restored from the run-cache)."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def make_repo(path: Path, env: dict, overrides: dict) -> Repo:
+    path.mkdir(parents=True)
+    for f in PROJECT_FILES:
+        src = ROOT / f
+        if not src.exists():
+            continue
+        dst = path / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    conf = path / "conf" / "config.yaml"
+    conf.write_text(yaml.safe_dump(_merge(yaml.safe_load(conf.read_text()), overrides), sort_keys=False))
+    repo = Repo(path, env)
+    repo.run(sys.executable, "-m", "lottery.params")
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.commit("template")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory) -> Repo:
+    """A tiny experiment, reproduced once and committed."""
+    tmp = tmp_path_factory.mktemp("template")
+    repo = make_repo(tmp / "repo", env_for(tmp), TINY)
+    out = repo.dvc("repro")
+    assert ran(out.stdout) == ["prepare", "init", "round@r0", "round@r1", "round@r2", "summarize"], out.stdout
+    repo.commit("reproduced")
+    return repo
+
+
+@pytest.fixture
+def repo(template, tmp_path) -> Repo:
+    dst = tmp_path / "repo"
+    shutil.copytree(template.path, dst, symlinks=True)
+    return Repo(dst, env_for(tmp_path))

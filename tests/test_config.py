@@ -1,0 +1,214 @@
+"""params.yaml loading and validation (lottery.config): every bad value is named by its key."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from lottery import config
+from lottery.config import Config, ConfigError
+
+
+def valid() -> dict:
+    """A complete, valid params dict (what conf/ generates into params.yaml)."""
+    return {
+        "seed": 3,
+        "trials": 2,
+        "controls": ["reinit", "random"],
+        "data": {"dataset": "fashion-mnist", "validation": 5000, "train_subset": 0, "root": "data/raw"},
+        "model": {"name": "lenet-300-100"},
+        "train": {
+            "optimizer": "adam", "lr": 1.2e-3, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 60,
+            "iterations": 3000, "eval_every": 100, "device": "cpu", "log_every": 500,
+        },
+        "prune": {"strategy": "layerwise", "rate": 0.2, "output_rate": None, "rounds": 4, "chain": config.chain(4)},
+        "summary": {"tolerance": 0.5},
+    }
+
+
+def test_chain():
+    assert config.chain(0) == {"r0": "init"}
+    assert config.chain(3) == {"r0": "init", "r1": "r0", "r2": "r1", "r3": "r2"}
+
+
+def test_from_dict_valid():
+    cfg = config.from_dict(valid())
+    assert isinstance(cfg, Config)
+    assert cfg.seed == 3 and cfg.trials == 2 and cfg.controls == ["reinit", "random"]
+    assert cfg.data.dataset == "fashion-mnist" and cfg.data.validation == 5000
+    assert cfg.model.name == "lenet-300-100"
+    assert cfg.train.lr == 1.2e-3 and cfg.train.batch_size == 60 and cfg.train.device == "cpu"
+    assert cfg.prune.rate == 0.2 and cfg.prune.rounds == 4 and cfg.prune.chain == config.chain(4)
+    assert cfg.output_rate == pytest.approx(0.1)  # null -> half the hidden rate
+    assert cfg.summary.tolerance == 0.5
+
+
+def test_from_dict_partial_uses_defaults_and_coerces_int_to_float():
+    raw = {"prune": {"rounds": 2, "chain": config.chain(2), "output_rate": 0, "rate": 0.5}, "train": {"lr": 1}}
+    cfg = config.from_dict(raw)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.prune.output_rate == 0.0 and cfg.output_rate == 0.0  # explicit 0 is not "null"
+    assert cfg.train.iterations == 3000 and cfg.data.dataset == "fashion-mnist"  # defaults
+    assert cfg.controls == ["reinit", "random"]
+    # defaults are not shared between instances
+    cfg.controls.append("x")
+    assert config.from_dict(raw).controls == ["reinit", "random"]
+
+
+def test_empty_controls_and_single_control_are_valid():
+    for controls in ([], ["random"], ["random", "reinit"]):
+        raw = valid()
+        raw["controls"] = controls
+        assert config.from_dict(raw).controls == controls
+
+
+def test_section_digest_depends_on_the_named_sections_only():
+    a = config.from_dict(valid())
+    raw = valid()
+    raw["summary"]["tolerance"] = 1.0
+    b = config.from_dict(raw)
+    assert a.section_digest("train", "prune") == b.section_digest("train", "prune")
+    assert a.section_digest("summary") != b.section_digest("summary")
+    assert len(a.section_digest("train")) == 16
+
+
+def _set(path: str, value):
+    """A change to the valid dict: set the dotted key (creating it if unknown)."""
+    def change(raw):
+        *parents, last = path.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return change
+
+
+def _rounds(n: int, chain_of: int | None = None):
+    def change(raw):
+        raw["prune"]["rounds"] = n
+        raw["prune"]["chain"] = config.chain(n if chain_of is None else chain_of)
+    return change
+
+
+# (id, change to the valid dict, key the message must name)
+MALFORMED = [
+    ("unknown-top-level", _set("learning_rate", 0.1), "learning_rate"),
+    ("typo-prune-rat", _set("prune.rat", 0.2), "prune.rat"),
+    ("typo-data-valdation", _set("data.valdation", 10), "data.valdation"),
+    ("unknown-train-key", _set("train.epochs", 3), "train.epochs"),
+    ("trials-string", _set("trials", "2"), "trials"),
+    ("trials-bool", _set("trials", True), "trials"),
+    ("trials-zero", _set("trials", 0), "trials"),
+    ("seed-negative", _set("seed", -1), "seed"),
+    ("seed-float", _set("seed", 1.5), "seed"),
+    ("rate-zero", _set("prune.rate", 0), "prune.rate"),
+    ("rate-one", _set("prune.rate", 1), "prune.rate"),
+    ("rate-1.5", _set("prune.rate", 1.5), "prune.rate"),
+    ("rate-negative", _set("prune.rate", -0.1), "prune.rate"),
+    ("rate-string", _set("prune.rate", "20%"), "prune.rate"),
+    ("rate-bool", _set("prune.rate", True), "prune.rate"),
+    ("output-rate-one", _set("prune.output_rate", 1.0), "prune.output_rate"),
+    ("output-rate-negative", _set("prune.output_rate", -0.5), "prune.output_rate"),
+    ("rounds-negative", _rounds(-1), "prune.rounds"),
+    ("rounds-bool", _set("prune.rounds", False), "prune.rounds"),
+    ("chain-not-matching-rounds", _rounds(4, chain_of=3), "prune.chain"),
+    ("chain-empty", _set("prune.chain", {}), "prune.chain"),
+    ("chain-not-mapping", _set("prune.chain", ["init", "r0"]), "prune.chain"),
+    ("chain-value-not-string", _set("prune.chain", {"r0": 0}), "prune.chain.r0"),
+    ("strategy-unknown", _set("prune.strategy", "global"), "prune.strategy"),
+    ("iterations-zero", _set("train.iterations", 0), "train.iterations"),
+    ("iterations-float", _set("train.iterations", 1.5), "train.iterations"),
+    ("batch-size-zero", _set("train.batch_size", 0), "train.batch_size"),
+    ("batch-size-bool", _set("train.batch_size", True), "train.batch_size"),
+    ("eval-every-zero", _set("train.eval_every", 0), "train.eval_every"),
+    ("log-every-negative", _set("train.log_every", -1), "train.log_every"),
+    ("lr-zero", _set("train.lr", 0.0), "train.lr"),
+    ("lr-string", _set("train.lr", "fast"), "train.lr"),
+    ("momentum-one", _set("train.momentum", 1.0), "train.momentum"),
+    ("weight-decay-negative", _set("train.weight_decay", -1e-4), "train.weight_decay"),
+    ("optimizer-unknown", _set("train.optimizer", "rmsprop"), "train.optimizer"),
+    ("device-tpu", _set("train.device", "tpu"), "train.device"),
+    ("dataset-unknown", _set("data.dataset", "cifar100"), "data.dataset"),
+    ("validation-zero", _set("data.validation", 0), "data.validation"),
+    ("validation-bool", _set("data.validation", True), "data.validation"),
+    ("train-subset-negative", _set("data.train_subset", -5), "data.train_subset"),
+    ("root-not-string", _set("data.root", 5), "data.root"),
+    ("data-not-mapping", _set("data", ["fashion-mnist"]), "data"),
+    ("model-unknown", _set("model.name", "resnet-20"), "model.name"),
+    ("model-name-list", _set("model.name", ["lenet-300-100"]), "model.name"),
+    ("control-unknown", _set("controls", ["reinit", "shuffle"]), "controls[1]"),
+    ("control-duplicate", _set("controls", ["random", "random"]), "controls"),
+    ("controls-not-list", _set("controls", "reinit"), "controls"),
+    ("tolerance-101", _set("summary.tolerance", 101), "summary.tolerance"),
+    ("tolerance-negative", _set("summary.tolerance", -0.5), "summary.tolerance"),
+]
+
+
+@pytest.mark.parametrize("change, key", [(c, k) for _, c, k in MALFORMED], ids=[i for i, _, _ in MALFORMED])
+def test_malformed_config_raises_naming_the_key(change, key):
+    raw = copy.deepcopy(valid())
+    change(raw)
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(raw)
+    assert key in str(e.value), f"message {str(e.value)!r} does not name {key!r}"
+
+
+def test_malformed_table_is_large_and_the_base_is_valid():
+    assert len(MALFORMED) >= 20
+    config.from_dict(valid())  # every case above fails because of its own change only
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_unknown_key_message_lists_the_allowed_keys():
+    raw = valid()
+    raw["prune"]["rat"] = 0.2
+    with pytest.raises(ConfigError, match=r"unknown key 'prune\.rat'.*rate"):
+        config.from_dict(raw)
+
+
+def test_out_of_range_message_names_the_value():
+    raw = valid()
+    raw["prune"]["rate"] = 1.5
+    with pytest.raises(ConfigError, match=r"prune\.rate: 1\.5"):
+        config.from_dict(raw)
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_load_valid_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(valid()))
+    cfg = config.load(path)
+    assert cfg == config.from_dict(valid())
+    assert config.load(str(path)) == cfg
+
+
+def test_load_missing_file_names_it(tmp_path):
+    path = tmp_path / "nope" / "params.yaml"
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_invalid_yaml_names_it(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prune:\n  rate: [0.2\n  rounds: 3\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(path) in str(e.value)
+    assert "YAML" in str(e.value)
+
+
+def test_load_validates_contents(tmp_path):
+    path = tmp_path / "params.yaml"
+    raw = valid()
+    raw["prune"]["rate"] = 0
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"prune\.rate"):
+        config.load(path)
+

@@ -1,0 +1,89 @@
+"""End to end: real `dvc repro` / `dvc exp run` on the tiny mnist1d experiment."""
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import ran
+
+
+def test_repro_writes_every_round_and_a_readable_summary(repo):
+    rounds = ["r0", "r1", "r2"]
+    for r in rounds:
+        for f in ("mask.pt", "model.pt", "controls.pt", "metrics.json"):
+            assert (repo.path / "runs" / r / f).stat().st_size > 0
+    summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
+    assert list(summary["rounds"]) == rounds
+    for r in rounds:
+        assert set(summary["rounds"][r]) >= {"weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"}
+    # layer-wise 20% of hidden weights, 10% of the output layer, per round (mlp-mnist1d: 4000, 10000, 1000)
+    kept1 = 3200 + 8000 + 900
+    assert summary["rounds"]["r0"]["weights_remaining"] == 100.0
+    assert summary["rounds"]["r1"]["weights_remaining"] == round(100 * kept1 / 15000, 4)
+    assert summary["rounds"]["r1"]["reinit"]["test_accuracy"] > 10  # the controls were trained
+    assert "r0" in repo.dvc("metrics", "show").stdout
+    # a second repro has nothing to do
+    assert ran(repo.dvc("repro").stdout) == []
+
+
+def test_changing_rate_reruns_rounds_but_not_prepare_or_init(repo):
+    out = repo.dvc("exp", "run", "-S", "prune.rate=0.3").stdout
+    assert ran(out) == ["round@r0", "round@r1", "round@r2", "summarize"]
+    assert repo.params()["prune"]["rate"] == 0.3
+    summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
+    assert summary["rounds"]["r1"]["weights_remaining"] == round(100 * (2800 + 7000 + 850) / 15000, 4)
+
+
+def test_more_rounds_run_only_the_new_rounds(repo):
+    out = repo.dvc("exp", "run", "-S", "prune.rounds=3").stdout
+    assert ran(out) == ["round@r3", "summarize"]
+    assert list(repo.params()["prune"]["chain"]) == ["r0", "r1", "r2", "r3"]
+    summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
+    assert list(summary["rounds"]) == ["r0", "r1", "r2", "r3"]
+
+
+def test_metrics_diff_between_two_experiments(repo):
+    repo.dvc("exp", "run", "-n", "rate-a", "-S", "prune.rate=0.3")
+    repo.dvc("exp", "run", "-n", "rate-b", "-S", "prune.rate=0.5")
+    diff = repo.dvc("metrics", "diff", "rate-a", "rate-b", "--json").stdout
+    changes = json.loads(diff)["metrics/summary.json"]
+    assert changes["rounds.r1.weights_remaining"]["old"] != changes["rounds.r1.weights_remaining"]["new"]
+    assert "rounds.r2.test_accuracy" in changes
+    shown = repo.dvc("exp", "show", "--no-pager", "--csv").stdout
+    assert "rate-a" in shown and "rate-b" in shown and "rounds.r1.test_accuracy" in shown
+
+
+def test_forced_rerun_of_one_round_gives_identical_bytes(repo):
+    before = {f: (repo.path / "runs/r1" / f).read_bytes() for f in ("mask.pt", "model.pt", "controls.pt", "metrics.json")}
+    out = repo.dvc("repro", "-f", "-s", "round@r1").stdout
+    assert ran(out) == ["round@r1"]
+    for f, data in before.items():
+        assert (repo.path / "runs/r1" / f).read_bytes() == data, f
+    assert ran(repo.dvc("repro").stdout) == []  # nothing downstream changed
+
+
+def test_bad_param_fails_before_training_and_loses_nothing(repo):
+    mask = (repo.path / "runs/r1/mask.pt").read_bytes()
+    repo.set_params({"prune": {"rate": 1.5}})
+    p = repo.dvc("repro", check=False)
+    assert p.returncode != 0
+    assert "prune.rate" in p.stderr + p.stdout
+    assert "it " not in p.stdout  # no training iteration was logged
+    # the cache still holds every round: restoring the params trains nothing
+    repo.run("git", "checkout", "params.yaml")
+    out = repo.dvc("repro").stdout
+    assert ran(out) == []
+    assert (repo.path / "runs/r1/mask.pt").read_bytes() == mask
+
+
+def test_corrupt_previous_round_stops_the_stage_naming_the_file(repo):
+    target = repo.path / "runs/r0/model.pt"
+    good = target.read_bytes()
+    target.write_bytes(good[:100])
+    p = repo.run(sys.executable, "stages/round.py", "r1", "r0", check=False)
+    assert p.returncode == 2
+    assert "runs/r0/model.pt" in p.stderr and "corrupt" in p.stderr
+    target.write_bytes(good)
+    (repo.path / "runs/r0/mask.pt").unlink()
+    p = repo.run(sys.executable, "stages/round.py", "r1", "r0", check=False)
+    assert p.returncode == 2 and "runs/r0/mask.pt" in p.stderr and "missing" in p.stderr

@@ -1,0 +1,238 @@
+"""The masked training loop (lottery.training) and stacked model construction (lottery.models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lottery import masks, models
+from lottery.config import ConfigError, TrainConfig
+from lottery.training import NumericalError, Result, resolve_device, train
+
+MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
+
+
+def synthetic_data(n_train=240, n_val=60, n_test=60, seed=0) -> dict[str, torch.Tensor]:
+    """A learnable 10-class problem on 40 features: labels from a fixed random linear map."""
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(40, 10, generator=gen)
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        x = torch.randn(n, 40, generator=gen)
+        out[f"x_{split}"] = x
+        out[f"y_{split}"] = (x @ proj).argmax(1)
+    return out
+
+
+def half_mask(model, seed=0) -> masks.Mask:
+    """About 50 % of every layer pruned, independently per network."""
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {k: torch.rand(params[k].shape, generator=gen) < 0.5 for k in models.prunable(model)}
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(optimizer="adam", lr=1e-3, batch_size=20, iterations=200, eval_every=50, log_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def silent(*_a, **_k):
+    pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: intra-op threads only add synchronisation cost (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- masks stay applied
+
+
+@pytest.mark.parametrize(
+    "train_cfg",
+    [
+        dict(optimizer="adam"),
+        dict(optimizer="adam", weight_decay=0.01),
+        dict(optimizer="sgd", lr=0.05, momentum=0.9),
+        dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01),
+    ],
+    ids=["adam", "adam-wd", "sgd-momentum", "sgd-momentum-wd"],
+)
+def test_pruned_weights_stay_exactly_zero(train_cfg):
+    model = models.build(MODEL, [0, 1])
+    mask = half_mask(model)
+    for k, m in mask.items():  # sanity: really about half pruned in every layer and network
+        frac = m.flatten(1).float().mean(1)
+        assert ((frac > 0.4) & (frac < 0.6)).all(), k
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert all((before[k][~m] != 0).all() for k, m in mask.items())  # pruned weights start non-zero
+
+    result = train(model, mask, synthetic_data(), cfg(**train_cfg), order_seeds=[0, 1], log=silent)
+
+    after = dict(model.named_parameters())
+    for k, m in mask.items():
+        w = after[k].detach()
+        assert (w[~m] == 0).all(), f"{k}: pruned weights revived"
+        changed = (w[m] != before[k][m]).float().mean()
+        assert changed > 0.9, f"{k}: only {float(changed):.2%} of the surviving weights moved"
+    for j in range(3):  # biases are trained, never masked
+        b = f"layers.{j}.bias"
+        assert not torch.equal(after[b].detach(), before[b])
+    # the mask itself is not modified by training
+    assert all(m.dtype == torch.bool for m in mask.values())
+    assert isinstance(result, Result) and len(result.early_stop_iteration) == 2
+    # it did learn something: better than chance (10 %) on the test set
+    assert min(result.final_test_accuracy) > 0.3
+
+
+def test_result_fields_and_early_stop_is_argmin_of_validation_loss():
+    model = models.build(MODEL, [0, 1, 2])
+    data = synthetic_data()
+    result = train(model, masks.ones(model, models.prunable(model)), data, cfg(iterations=120, eval_every=30),
+                   order_seeds=[0, 1, 2], log=silent)
+    assert [row["iteration"] for row in result.curve] == [30, 60, 90, 120]
+    for i in range(3):
+        losses = [row["val_loss"][i] for row in result.curve]
+        best = min(range(len(losses)), key=lambda j: losses[j])
+        assert result.early_stop_iteration[i] == result.curve[best]["iteration"]
+        assert result.min_val_loss[i] == pytest.approx(losses[best], abs=0)
+        assert 0.0 <= result.test_accuracy[i] <= 1.0
+        assert 0.0 <= result.final_test_accuracy[i] <= 1.0
+
+
+def test_final_iteration_is_evaluated_even_if_not_a_multiple():
+    model = models.build(MODEL, [0])
+    result = train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=25, eval_every=10),
+                   order_seeds=[0], log=silent)
+    assert [row["iteration"] for row in result.curve] == [10, 20, 25]
+
+
+def test_model_holds_final_weights_not_early_stop_weights():
+    data = synthetic_data()
+    # unlearnable validation labels: the validation loss rises as the network grows confident,
+    # so the early-stop iteration comes well before the end
+    data["y_val"] = torch.randint(0, 10, data["y_val"].shape, generator=torch.Generator().manual_seed(9))
+    model = models.build(MODEL, [0])
+    res = train(model, masks.ones(model, models.prunable(model)), data, cfg(lr=5e-3, iterations=100, eval_every=5),
+                order_seeds=[0], log=silent)
+    assert res.early_stop_iteration[0] < 100  # precondition of this test
+    # reference: the same training evaluated only at the end (evaluation consumes no randomness)
+    ref = models.build(MODEL, [0])
+    ref_res = train(ref, masks.ones(ref, models.prunable(ref)), data, cfg(lr=5e-3, iterations=100, eval_every=100),
+                    order_seeds=[0], log=silent)
+    assert ref_res.early_stop_iteration == [100]
+    for (k, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), k
+    assert res.final_test_accuracy == ref_res.final_test_accuracy
+
+
+# ---------------------------------------------------------------- stacked == one by one
+
+
+def test_models_build_stack_equals_networks_built_alone():
+    for name in ("mlp-mnist1d", "lenet-300-100"):
+        stack = models.build(name, [3, 8]).state_dict()
+        a = models.build(name, [3]).state_dict()
+        b = models.build(name, [8]).state_dict()
+        for k in stack:
+            assert torch.equal(stack[k][0:1], a[k]), (name, k)
+            assert torch.equal(stack[k][1:2], b[k]), (name, k)
+        assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])
+    # same seed twice: identical networks
+    twin = models.build(MODEL, [4, 4]).state_dict()
+    assert torch.equal(twin["layers.1.weight"][0], twin["layers.1.weight"][1])
+
+
+def test_glorot_init_scale_and_zero_bias():
+    sd = models.build("lenet-300-100", [0]).state_dict()
+    w = sd["layers.0.weight"][0]
+    assert w.shape == (300, 784)
+    assert float(w.std()) == pytest.approx((2.0 / (784 + 300)) ** 0.5, rel=0.02)
+    assert all(not sd[f"layers.{j}.bias"].any() for j in range(3))
+
+
+def test_stacked_training_equals_one_by_one():
+    seeds = [0, 1, 2]
+    data = synthetic_data()
+    train_cfg = cfg(iterations=150, eval_every=25)
+    stack = models.build(MODEL, seeds)
+    stack_mask = half_mask(stack, seed=42)
+    res = train(stack, stack_mask, data, train_cfg, order_seeds=seeds, log=silent)
+    stacked = stack.state_dict()
+    for i, s in enumerate(seeds):
+        alone = models.build(MODEL, [s])
+        alone_mask = {k: m[i : i + 1].clone() for k, m in stack_mask.items()}
+        r = train(alone, alone_mask, data, train_cfg, order_seeds=[s], log=silent)
+        for k, v in alone.state_dict().items():
+            assert torch.allclose(stacked[k][i : i + 1], v, atol=1e-5, rtol=0), (s, k)
+        assert r.early_stop_iteration == [res.early_stop_iteration[i]]
+        assert r.min_val_loss[0] == pytest.approx(res.min_val_loss[i], abs=1e-5)
+        assert r.final_test_accuracy[0] == pytest.approx(res.final_test_accuracy[i], abs=1e-9)
+
+
+def test_networks_sharing_an_order_seed_share_batches():
+    # two identical networks (same init seed, same mask) with the same order seed stay identical;
+    # with a different order seed they diverge
+    data = synthetic_data()
+    model = models.build(MODEL, [5, 5, 5])
+    mask = masks.ones(model, models.prunable(model))
+    train(model, mask, data, cfg(iterations=40, eval_every=20), order_seeds=[7, 7, 8], log=silent)
+    w = model.state_dict()["layers.0.weight"]
+    assert torch.allclose(w[0], w[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(w[0], w[2], atol=1e-3)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: 'cuda' is a valid device here")
+def test_resolve_device_cuda_without_cuda_raises():
+    with pytest.raises(ConfigError, match="train.device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_resolve_device_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_batch_size_larger_than_training_set_raises():
+    model = models.build(MODEL, [0])
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        train(model, masks.ones(model, models.prunable(model)), synthetic_data(n_train=10), cfg(batch_size=11),
+              order_seeds=[0], log=silent)
+
+
+def test_nan_weight_raises_numerical_error_naming_iteration_and_network():
+    model = models.build(MODEL, [0, 1])
+    with torch.no_grad():
+        model.layers[1].weight[1, 3, 4] = float("nan")  # network 1 only
+    mask = masks.ones(model, models.prunable(model))
+    with pytest.raises(NumericalError) as e:
+        train(model, mask, synthetic_data(), cfg(iterations=20, eval_every=3), order_seeds=[0, 1],
+              label="r3", log=silent)
+    msg = str(e.value)
+    assert "iteration 3" in msg  # the first check
+    assert "[1]" in msg and "[0, 1]" not in msg
+    assert "r3" in msg
+
+
+def test_exploding_learning_rate_raises_numerical_error():
+    model = models.build(MODEL, [0])
+    mask = masks.ones(model, models.prunable(model))
+    with pytest.raises(NumericalError, match=r"iteration \d+"):
+        train(model, mask, synthetic_data(), cfg(optimizer="sgd", lr=1e30, iterations=50, eval_every=1),
+              order_seeds=[0], log=silent)
+
+
+def test_log_every_prints_progress_lines():
+    lines = []
+    model = models.build(MODEL, [0])
+    train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=30, eval_every=10,
+          log_every=10), order_seeds=[0], label="rX", log=lines.append)
+    assert len(lines) == 3
+    assert all(line.startswith("[rX] it ") for line in lines)
