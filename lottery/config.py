@@ -213,4 +213,6 @@ def load(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of params, got {type(raw).__name__}")
     return from_dict(raw or {})

@@ -47,7 +47,7 @@ def read_idx(path: Path) -> np.ndarray:
     start, count = 4 + 4 * ndim, int(np.prod(dims))
     if len(raw) != start + count:
         raise DataError(f"{path}: expected {count} values for shape {dims}, found {len(raw) - start}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

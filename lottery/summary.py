@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
@@ -77,6 +78,14 @@ def headline(df: pd.DataFrame, tolerance: float) -> dict:
     return out
 
 
+def winning_round(df: pd.DataFrame, tolerance: float) -> str:
+    """The sparsest round whose mean ticket accuracy is within `tolerance` of dense (r0 if none)."""
+    mean = df[df["variant"] == "ticket"].groupby(["index", "round"])[["weights_remaining", "test_accuracy"]].mean().reset_index()
+    dense = float(mean[mean["index"] == 0]["test_accuracy"].iloc[0])
+    wins = mean[mean["test_accuracy"] >= dense - tolerance]
+    return str(wins.sort_values("weights_remaining")["round"].iloc[0])
+
+
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per round: ticket weights remaining and each variant's mean test accuracy.
 
@@ -92,12 +101,25 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def figures(df: pd.DataFrame, out: Path) -> list[Path]:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    fig.clf()
+    return path
+
+
+def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: Path) -> list[Path]:
+    """PNG figures (offline): accuracy and early stop vs sparsity, validation curves, per-layer sparsity."""
+    plt = _plt()
     stats = by_round(df).reset_index()
     paths = []
     for key, ylabel, fname in [
@@ -109,32 +131,118 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
             s = stats[stats["variant"] == v]
             if s.empty:
                 continue
-            x = s[("weights_remaining", "mean")]
-            y = s[(key, "mean")]
-            err = [y - s[(key, "min")], s[(key, "max")] - y]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=v)
+            x, y = s[("weights_remaining", "mean")], s[(key, "mean")]
+            ax.errorbar(x, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y], marker="o", ms=3, capsize=2, label=v)
         ax.set_xscale("log")
         ax.invert_xaxis()  # sparsest on the right, as in the paper
         ax.set_xlabel("percent of weights remaining (log)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
         ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)")
-        fig.tight_layout()
-        path = Path(out) / fname
-        fig.savefig(path)
+        paths.append(_save(fig, out / fname))
         plt.close(fig)
-        paths.append(path)
+
+    # Validation accuracy against iteration: the dense round, a middle one and the last.
+    idx = sorted(curves["index"].unique())
+    chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], chosen):
+        c = curves[curves["index"] == k].groupby(["variant", "iteration"])["val_acc"].mean().reset_index()
+        for v in VARIANTS:
+            s = c[c["variant"] == v]
+            if not s.empty:
+                ax.plot(s["iteration"], s["val_acc"], label=v)
+        rem = df[(df["index"] == k) & (df["variant"] == "ticket")]["weights_remaining"].mean()
+        ax.set_title(f"r{k}: {rem:.1f}% remaining")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][-1].legend()
+    paths.append(_save(fig, out / "validation.png"))
+    plt.close(fig)
+
+    # Per-layer weights remaining of the ticket, per round.
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for layer, s in layers.groupby("layer", sort=False):
+        ax.plot(s["index"], s["percent_remaining"], marker="o", ms=3, label=layer)
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("weights remaining in the layer (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    paths.append(_save(fig, out / "layers.png"))
+    plt.close(fig)
     return paths
+
+
+def first_layer_image(mask_first: torch.Tensor, title: str, path: Path) -> Path:
+    """Fraction of first-layer weights kept per input: a 28x28 image for MNIST-like inputs, a strip otherwise."""
+    plt = _plt()
+    kept = mask_first.float().mean(dim=(0, 1))  # over trials and hidden units
+    kept = kept.reshape(28, 28) if kept.numel() == 784 else kept.reshape(1, -1)
+    fig, ax = plt.subplots(figsize=(4.2, 4.0 if kept.shape[0] > 1 else 1.8), dpi=120)
+    im = ax.imshow(kept.numpy(), cmap="viridis", vmin=0, vmax=float(kept.max()), aspect="auto" if kept.shape[0] == 1 else None)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of weights kept")
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def layer_table(runs: Path, round_names: list[str]) -> pd.DataFrame:
+    """Ticket weights remaining per layer and round (mean over trials)."""
+    rows = []
+    for name in round_names:
+        m = _read(Path(runs) / name / "metrics.json")
+        nets = [n for n in m["networks"] if n["variant"] == "ticket"]
+        for layer in nets[0]["layers_remaining"]:
+            pct = sum(n["layers_remaining"][layer] for n in nets) / len(nets)
+            rows.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
+    return pd.DataFrame(rows)
+
+
+def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path], path: Path) -> None:
+    """metrics/report.md: the figures and the per-round table, readable offline."""
+    t = summary.get("ticket", {})
+    lines = [
+        "# Lottery ticket report",
+        "",
+        f"Dense test accuracy: **{summary['dense']['test_accuracy']:.2f}%** "
+        f"(early stop at iteration {summary['dense']['early_stop_iteration']:.0f}), "
+        f"{df['trial'].nunique()} trial(s).",
+        "",
+        f"Winning-ticket verdict: the ticket stays within {tolerance} pp of dense down to "
+        f"**{t.get('smallest_winning_weights_remaining')}%** of the weights remaining.",
+        "",
+        "| variant | smallest winning % remaining | max early-stop speed-up | max accuracy gain (pp) |",
+        "|---|---|---|---|",
+    ]
+    for v in VARIANTS:
+        if v in summary:
+            h = summary[v]
+            lines.append(f"| {v} | {h['smallest_winning_weights_remaining']} | {h['max_early_stop_speedup']:.2f}x "
+                         f"| {h['max_accuracy_gain']:+.2f} |")
+    lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in images]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    df, _ = collect(runs, round_names)
+    df, curves = collect(runs, round_names)
     df.to_csv(out / "rounds.csv", index=False)
     accuracy_table(df).to_csv(out / "accuracy.csv", index=False)
     summary = headline(df, tolerance)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    figures(df, out)
+    images = figures(df, curves, layer_table(runs, round_names), out)
+    from .artifacts import load
+
+    last = round_names[-1]
+    first, _ = load(Path(runs) / last / "mask.pt", "mask")
+    images.append(first_layer_image(next(iter(first.values())), f"{last}: first-layer weights kept per input",
+                                    out / "mask_first_layer.png"))
+    report(summary, df, tolerance, images, out / "report.md")
     return summary
 
 

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from lottery import config, summary
+from lottery import config, summary, ticket
 from lottery.cli import run
 
 
@@ -17,8 +17,12 @@ def main() -> None:
     result = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
     df, _ = summary.collect(Path(args.runs), names)
     print(summary.format_table(df))
+    # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
+    best = summary.winning_round(df, cfg.summary.tolerance)
+    ticket.export(Path(args.runs), best, Path(args.out) / "ticket.pt")
     print(f"[summarize] dense {result['dense']['test_accuracy']:.2f}%; ticket within {cfg.summary.tolerance} pp "
-          f"down to {result.get('ticket', {}).get('smallest_winning_weights_remaining')}% remaining -> {args.out}/")
+          f"down to {result.get('ticket', {}).get('smallest_winning_weights_remaining')}% remaining ({best}) "
+          f"-> {args.out}/ (report.md, ticket.pt)")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,18 @@ def test_metrics_diff_between_two_experiments(repo):
     assert "rounds.r2.test_accuracy" in changes
     shown = repo.dvc("exp", "show", "--no-pager", "--csv").stdout
     assert "rate-a" in shown and "rate-b" in shown and "rounds.r1.test_accuracy" in shown
+    # plots diff overlays both experiments, offline HTML plus the PNGs
+    repo.dvc("plots", "diff", "rate-a", "rate-b", "-o", "plots-out")
+    html = (repo.path / "plots-out" / "index.html").read_text()
+    assert "rate-a" in html and "rate-b" in html and "weights_remaining" in html
+    # mask overlap between the two experiments' tickets
+    same = repo.run(sys.executable, "-m", "lottery.compare", "rate-a", "rate-a", "--round", "r1").stdout
+    assert "layers.0.weight" in same and "trial 0: 1.0000" in same
+    other = repo.run(sys.executable, "-m", "lottery.compare", "rate-a", "rate-b", "--round", "r2").stdout
+    values = [float(v) for v in other.split("trial ")[1:] for v in [v.split(":")[1].split()[0]]]
+    assert values and all(0 < v < 1 for v in values), other
+    bad = repo.run(sys.executable, "-m", "lottery.compare", "rate-a", "no-such-exp", "--round", "r1", check=False)
+    assert bad.returncode != 0 and "no-such-exp" in bad.stderr
 
 
 def test_forced_rerun_of_one_round_gives_identical_bytes(repo):

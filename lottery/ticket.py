@@ -1,0 +1,57 @@
+"""A winning ticket as one standalone file: mask, θ0 and trained weights (pruned weights stored sparse).
+
+    from lottery.ticket import load_ticket
+    net = load_ticket("metrics/ticket.pt")            # trained ticket, a ready nn.Module
+    net0 = load_ticket("metrics/ticket.pt", "init")   # the same subnetwork at θ0, to retrain
+    logits = net(x)                                   # x: (batch, 1, 28, 28) for LeNet
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import artifacts, models
+
+
+class Single(nn.Module):
+    """One network of a stack as an ordinary module: (B, ...) -> (B, classes)."""
+
+    def __init__(self, stacked: nn.Module):
+        super().__init__()
+        self.net = stacked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[None])[0]
+
+
+def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
+    runs = Path(runs)
+    theta0, _ = artifacts.load(runs / "init" / "model.pt", "weights")
+    trained, meta = artifacts.load(runs / round_name / "model.pt", "weights")
+    mask, _ = artifacts.load(runs / round_name / "mask.pt", "mask")
+    tensors = {}
+    for key in trained:
+        w0, w = theta0[key][trial], trained[key][trial]
+        if key in mask:
+            m = mask[key][trial]
+            tensors[f"mask/{key}"] = m
+            w0, w = (w0 * m).to_sparse(), (w * m).to_sparse()
+        tensors[f"init/{key}"], tensors[f"trained/{key}"] = w0, w
+    kept = sum(int(m[trial].sum()) for m in mask.values())
+    total = sum(m[trial].numel() for m in mask.values())
+    artifacts.atomic_save({"meta": {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
+                                    "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total},
+                           "tensors": tensors}, Path(path))
+
+
+def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
+    """The exported ticket as a ready module with `weights` = "trained" or "init" (θ0), pruned weights zero."""
+    if weights not in ("trained", "init"):
+        raise ValueError(f"weights: {weights!r} is not allowed (trained or init)")
+    tensors, meta = artifacts.load(Path(path), "ticket")
+    model = models.build(meta["model"], [0])
+    state = {k.split("/", 1)[1]: v.to_dense()[None] for k, v in tensors.items() if k.startswith(weights + "/")}
+    model.load_state_dict(state)
+    return Single(model).eval()
