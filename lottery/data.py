@@ -25,7 +25,8 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "mnist1d": (40,)}
+SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "mnist1d": (40,), "cifar10": (3, 32, 32)}
+CIFAR_DIR = "cifar-10-batches-py"  # CIFAR-10's python format: data_batch_1..5, test_batch (pickles)
 
 
 class DataError(RuntimeError):
@@ -100,10 +101,50 @@ def _load_mnist1d() -> dict[str, np.ndarray]:
     return {"x": d["x"].astype(np.float32), "y": d["y"], "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"]}
 
 
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _load_cifar10(root: Path) -> dict[str, np.ndarray]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    candidates = [root / "cifar10" / CIFAR_DIR, root / CIFAR_DIR]
+    folder = next((c for c in candidates if all((c / n).is_file() for n in names)), None)
+    if folder is None:
+        import torchvision
+
+        print(f"[prepare] cifar10: no local copy in {', '.join(map(str, candidates))}; downloading with torchvision")
+        try:
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        except Exception as e:
+            raise DataError(f"cifar10: not found locally ({', '.join(map(str, candidates))}) and download failed: {e}") from None
+        folder = root / CIFAR_DIR
+    train = [_read_cifar_batch(folder / n) for n in names[:5]]
+    x_test, y_test = _read_cifar_batch(folder / "test_batch")
+    print(f"[prepare] cifar10: read {sum(len(y) for _, y in train)} train / {len(y_test)} test images from {folder}")
+    return {"x": np.concatenate([x for x, _ in train]), "y": np.concatenate([y for _, y in train]),
+            "x_test": x_test, "y_test": y_test}
+
+
 def prepare(cfg: Config) -> dict[str, torch.Tensor]:
     """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x)."""
     d = cfg.data
-    raw = _load_mnist1d() if d.dataset == "mnist1d" else _load_idx_dataset(d.dataset, Path(d.root))
+    if d.dataset == "mnist1d":
+        raw = _load_mnist1d()
+    elif d.dataset == "cifar10":
+        raw = _load_cifar10(Path(d.root))
+    else:
+        raw = _load_idx_dataset(d.dataset, Path(d.root))
     n = len(raw["y"])
     if d.validation >= n:
         raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
@@ -115,12 +156,14 @@ def prepare(cfg: Config) -> dict[str, torch.Tensor]:
     y = torch.from_numpy(raw["y"].astype(np.int64))
     x_train = x[torch.from_numpy(train)]
     xf = x_train.float()
+    dims = (0, 2, 3) if xf.ndim == 4 else tuple(range(xf.ndim))  # per channel for images
     return {
         "x_train": x_train, "y_train": y[torch.from_numpy(train)],
         "x_val": x[torch.from_numpy(val)], "y_val": y[torch.from_numpy(val)],
         "x_test": torch.from_numpy(np.ascontiguousarray(raw["x_test"])),
         "y_test": torch.from_numpy(raw["y_test"].astype(np.int64)),
-        "mean": xf.mean(), "std": xf.std(),  # per-dataset normalisation, from the training split only
+        # per-dataset (per-channel) normalisation, from the training split only
+        "mean": xf.mean(dim=dims, keepdim=True)[0], "std": xf.std(dim=dims, keepdim=True)[0],
     }
 
 

@@ -1,15 +1,50 @@
 """Model registry. Every model is *stacked*: it holds N independent networks that train together.
 
-Each layer keeps a leading network dimension (weights of shape (N, out, in)); inputs have
-shape (N, B, ...) or (1, B, ...) (shared by all networks). Network i's initial weights
-depend only on its own seed, so a stack of N equals N networks built one by one.
+Each layer keeps a leading network dimension (linear weights (N, out, in), conv weights
+(N, out, in, k, k)); inputs have shape (N, B, ...) or (1, B, ...) (shared by all networks),
+outputs (N, B, classes). Network i's initial weights depend only on its own seed, so a
+stack of N equals N networks built one by one (bit for bit) and trained one by one.
+
+Convolutional models keep their activations in a *grouped* layout (B, N*C, H, W) from the
+input to the flatten: every convolution is one grouped convolution (groups=N), BatchNorm,
+pooling, ReLU and residual additions act per channel, so network i only ever sees its own
+channels [i*C, (i+1)*C). Only the entry (N|1, B, C, H, W) -> (B, N*C, H, W) and the flatten
+back to (N, B, features) before the fully-connected layers reshape.
+
+The paper's networks (Frankle & Carbin 2019, Figure 2; open_lth for VGG/ResNet):
+  lenet-300-100  fc 300, 100, 10                                         Glorot normal
+  conv-2/4/6     3x3 convs (64,64,M[,128,128,M[,256,256,M]]), fc 256, 256, 10  Glorot normal
+  vgg-19         3x3 conv + BN + ReLU (cfg VGG19), avg-pool, fc 512->10    Kaiming normal
+  resnet-20      CIFAR ResNet (the paper's "ResNet-18"): 16 + 3x3 blocks of 16/32/64,
+                 1x1 conv + BN shortcut on shape change, avg-pool, fc 64->10  Kaiming normal
+Biases start at zero. BatchNorm weights start U(0, 1), biases at zero (open_lth's default
+`batchnorm_init='uniform'`); BatchNorm parameters are never pruned.
+`conv-N-dropout` is conv-N with dropout p=0.5 after each hidden fc layer (train mode only).
+Dropout draws from torch's global RNG, so dropout variants are not stack == one-by-one.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .config import MODEL_DATASETS
+
+# model name -> datasets it takes (the table lives in config, which must not import torch)
+INPUTS: dict[str, tuple[str, ...]] = dict(MODEL_DATASETS)
+CIFAR_SHAPE = (3, 32, 32)
+DROPOUT = 0.5  # rate of the `-dropout` variants of Conv-2/4/6
+
+
+def _normal_(w: torch.Tensor, i: int, gen: torch.Generator, scheme: str) -> None:
+    """Network i of a stacked weight (N, out, in, *kernel): Glorot or Kaiming (fan-in) normal."""
+    rf = math.prod(w.shape[3:])
+    fan_in, fan_out = w.shape[2] * rf, w.shape[1] * rf
+    std = math.sqrt(2.0 / (fan_in + fan_out)) if scheme == "glorot" else math.sqrt(2.0 / fan_in)
+    with torch.no_grad():
+        w[i].normal_(0.0, std, generator=gen)
 
 
 class StackedLinear(nn.Module):
@@ -25,10 +60,88 @@ class StackedLinear(nn.Module):
 
     def glorot_(self, i: int, gen: torch.Generator) -> None:
         """Glorot (Xavier) normal init of network i, as in the paper; biases start at zero."""
-        d_out, d_in = self.weight.shape[1:]
+        self.init_(i, gen, "glorot")
+
+    def init_(self, i: int, gen: torch.Generator, scheme: str) -> None:
+        _normal_(self.weight, i, gen, scheme)
         with torch.no_grad():
-            self.weight[i].normal_(0.0, math.sqrt(2.0 / (d_in + d_out)), generator=gen)
             self.bias[i].zero_()
+
+
+class StackedConv2d(nn.Module):
+    """N independent k x k convolutions as one grouped convolution: (B, N*in, H, W) -> (B, N*out, H', W')."""
+
+    def __init__(self, n: int, c_in: int, c_out: int, k: int, stride: int = 1, padding: int | None = None,
+                 bias: bool = True):
+        super().__init__()
+        self.stride, self.padding = stride, (k // 2 if padding is None else padding)
+        self.weight = nn.Parameter(torch.empty(n, c_out, c_in, k, k))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(n, c_out))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c_out, c_in, k, _ = self.weight.shape
+        w = self.weight.view(n * c_out, c_in, k, k)
+        b = None if self.bias is None else self.bias.view(-1)
+        return F.conv2d(x, w, b, self.stride, self.padding, groups=n)
+
+    def init_(self, i: int, gen: torch.Generator, scheme: str) -> None:
+        _normal_(self.weight, i, gen, scheme)
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias[i].zero_()
+
+
+class StackedBatchNorm2d(nn.Module):
+    """N independent BatchNorm2d on the grouped layout; train() uses batch statistics, eval() running ones.
+
+    The running statistics are (N, C) buffers; F.batch_norm updates their flat views in place.
+    (No `num_batches_tracked`: with a fixed momentum it is unused, and every state entry is per network.)
+    """
+
+    def __init__(self, n: int, c: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(n, c))
+        self.bias = nn.Parameter(torch.zeros(n, c))
+        self.register_buffer("running_mean", torch.zeros(n, c))
+        self.register_buffer("running_var", torch.ones(n, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N*C, H, W)
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
+                            self.bias.view(-1), self.training, self.momentum, self.eps)
+
+    def init_(self, i: int, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            self.weight[i].uniform_(0.0, 1.0, generator=gen)
+            self.bias[i].zero_()
+            self.running_mean[i].zero_()
+            self.running_var[i].fill_(1.0)
+
+
+def to_grouped(x: torch.Tensor, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(N|1, B, C, H, W) (or flattened (N|1, B, C*H*W)) -> (B, N*C, H, W); a shared input is expanded."""
+    x = x.reshape(*x.shape[:2], *shape)
+    if x.shape[0] != n:
+        x = x.expand(n, *x.shape[1:])
+    return x.transpose(0, 1).reshape(x.shape[1], n * shape[0], *shape[1:])
+
+
+def from_grouped(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, N*C, ...) -> (N, B, C*...): per network, features flattened in (C, H, W) order."""
+    return x.reshape(x.shape[0], n, -1).transpose(0, 1)
+
+
+def _init(model: nn.Module, i: int, seed: int, scheme: str) -> None:
+    """Network i from its own generator, layer by layer in registration (= forward) order."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (StackedLinear, StackedConv2d)):
+            m.init_(i, gen, scheme)
+        elif isinstance(m, StackedBatchNorm2d):
+            m.init_(i, gen)
 
 
 class MLP(nn.Module):
@@ -52,9 +165,141 @@ class MLP(nn.Module):
             layer.glorot_(i, gen)
 
 
+def _fc_stack(n: int, sizes: list[int]) -> nn.ModuleList:
+    return nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+class ConvNet(nn.Module):
+    """Conv-2/4/6: 3x3 convs (padding 1) + ReLU, 'M' = 2x2 max-pool, then ReLU fc layers and the output layer."""
+
+    def __init__(self, n: int, plan: list, fc: list[int], dropout: float = 0.0, shape=CIFAR_SHAPE):
+        super().__init__()
+        self.n, self.plan, self.shape, self.dropout = n, list(plan), tuple(shape), dropout
+        convs, c, hw = [], shape[0], shape[1]
+        for spec in plan:
+            if spec == "M":
+                hw //= 2
+            else:
+                convs.append(StackedConv2d(n, c, spec, 3, padding=1))
+                c = spec
+        self.convs = nn.ModuleList(convs)
+        self.fcs = _fc_stack(n, [c * hw * hw, *fc])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, j = to_grouped(x, self.n, self.shape), 0
+        for spec in self.plan:
+            if spec == "M":
+                x = F.max_pool2d(x, 2)
+            else:
+                x = torch.relu(self.convs[j](x))
+                j += 1
+        x = from_grouped(x, self.n)
+        for j, layer in enumerate(self.fcs):
+            x = layer(x)
+            if j < len(self.fcs) - 1:
+                x = torch.relu(x)
+                if self.dropout:
+                    x = F.dropout(x, self.dropout, self.training)
+        return x
+
+    def init_(self, i: int, seed: int) -> None:
+        _init(self, i, seed, "glorot")
+
+
+class VGG(nn.Module):
+    """CIFAR VGG (open_lth cifar_vgg): 3x3 conv (no bias) + BN + ReLU, 'M' = 2x2 max-pool, average pool, fc."""
+
+    def __init__(self, n: int, plan: list, outputs: int = 10, shape=CIFAR_SHAPE):
+        super().__init__()
+        self.n, self.plan, self.shape = n, list(plan), tuple(shape)
+        convs, bns, c = [], [], shape[0]
+        for spec in plan:
+            if spec != "M":
+                convs.append(StackedConv2d(n, c, spec, 3, padding=1, bias=False))
+                bns.append(StackedBatchNorm2d(n, spec))
+                c = spec
+        self.convs, self.bns = nn.ModuleList(convs), nn.ModuleList(bns)
+        self.fc = StackedLinear(n, c, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, j = to_grouped(x, self.n, self.shape), 0
+        for spec in self.plan:
+            if spec == "M":
+                x = F.max_pool2d(x, 2)
+            else:
+                x = torch.relu(self.bns[j](self.convs[j](x)))
+                j += 1
+        x = x.mean((2, 3))  # the final 2x2 -> 1x1 average pool (open_lth: AvgPool2d(2))
+        return self.fc(from_grouped(x, self.n))
+
+    def init_(self, i: int, seed: int) -> None:
+        _init(self, i, seed, "kaiming")
+
+
+class Block(nn.Module):
+    """A basic residual block: conv-BN-ReLU-conv-BN plus the shortcut (1x1 conv + BN on a shape change), ReLU."""
+
+    def __init__(self, n: int, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = StackedConv2d(n, c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = StackedBatchNorm2d(n, c_out)
+        self.conv2 = StackedConv2d(n, c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = StackedBatchNorm2d(n, c_out)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = StackedConv2d(n, c_in, c_out, 1, stride, 0, bias=False)
+            self.shortcut_bn = StackedBatchNorm2d(n, c_out)
+        else:
+            self.shortcut = self.shortcut_bn = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        return torch.relu(out + short)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016; open_lth cifar_resnet): conv3x3 + BN + ReLU, stages of basic blocks
+    (stride 2 at the first block of every stage but the first), global average pool, fc."""
+
+    def __init__(self, n: int, plan: list[tuple[int, int]], outputs: int = 10, shape=CIFAR_SHAPE):
+        super().__init__()
+        self.n, self.shape = n, tuple(shape)
+        c = plan[0][0]
+        self.conv = StackedConv2d(n, shape[0], c, 3, 1, 1, bias=False)
+        self.bn = StackedBatchNorm2d(n, c)
+        blocks = []
+        for s, (width, depth) in enumerate(plan):
+            for b in range(depth):
+                blocks.append(Block(n, c, width, 2 if s > 0 and b == 0 else 1))
+                c = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = StackedLinear(n, c, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(to_grouped(x, self.n, self.shape))))
+        x = self.blocks(x).mean((2, 3))
+        return self.fc(from_grouped(x, self.n))
+
+    def init_(self, i: int, seed: int) -> None:
+        _init(self, i, seed, "kaiming")
+
+
+CONV_PLANS = {
+    "conv-2": [64, 64, "M"],
+    "conv-4": [64, 64, "M", 128, 128, "M"],
+    "conv-6": [64, 64, "M", 128, 128, "M", 256, 256, "M"],
+}
+VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+
 REGISTRY = {
     "lenet-300-100": lambda n: MLP(n, [784, 300, 100, 10]),
     "mlp-mnist1d": lambda n: MLP(n, [40, 100, 100, 10]),
+    **{name: (lambda n, p=plan: ConvNet(n, p, [256, 256, 10])) for name, plan in CONV_PLANS.items()},
+    **{f"{name}-dropout": (lambda n, p=plan: ConvNet(n, p, [256, 256, 10], dropout=DROPOUT))
+       for name, plan in CONV_PLANS.items()},
+    "vgg-19": lambda n: VGG(n, VGG19),
+    "resnet-20": lambda n: ResNet(n, [(16, 3), (32, 3), (64, 3)]),
 }
 
 
@@ -67,8 +312,15 @@ def build(name: str, seeds: list[int]) -> nn.Module:
 
 
 def prunable(model: nn.Module) -> list[str]:
-    """Names of the prunable weights in forward order (biases are never pruned)."""
-    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedLinear)]
+    """Names of the prunable weights (conv and linear) in forward order; biases and BatchNorm never are."""
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (StackedLinear, StackedConv2d))]
+
+
+def kinds(model: nn.Module) -> dict[str, str]:
+    """Each prunable weight's kind: 'conv', 'fc', or 'output' (the last linear layer)."""
+    convs = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedConv2d)}
+    names = prunable(model)
+    return {k: "conv" if k in convs else ("output" if k == names[-1] else "fc") for k in names}
 
 
 def output_layer(model: nn.Module) -> str:

@@ -123,7 +123,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     return Stack(model, mask, ticket_mask, variants, init_seeds, mask_seeds, names)
 
 
-def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print) -> dict:
+def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
+              resume_dir: Path | None = None) -> dict:
     stack = build_stack(cfg, name, prev, runs)
     model, mask, variants, names = stack.model, stack.mask, stack.variants, stack.names
     init_seeds, mask_seeds, ticket_mask = stack.init_seeds, stack.mask_seeds, stack.ticket_mask
@@ -137,7 +138,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     log(f"[{name}] {len(variants) * n_t} networks ({', '.join(variants)} x {n_t} trials), "
         f"{float(masks.percent_remaining(ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
-    result = train(model, dev_mask, data, cfg.train, order_seeds=seeds * len(variants), label=name, log=log)
+    result = train(model, dev_mask, data, cfg.train, order_seeds=seeds * len(variants), label=name, log=log,
+                   resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds)
     seconds = time.perf_counter() - t0
 
     trained = {key: v.detach().cpu() for key, v in model.state_dict().items()}

@@ -134,6 +134,9 @@ def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: P
             x, y = s[("weights_remaining", "mean")], s[(key, "mean")]
             ax.errorbar(x, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y], marker="o", ms=3, capsize=2, label=v)
         ax.set_xscale("log")
+        ticks = [t for t in (100, 51.3, 26.3, 13.5, 6.9, 3.6, 1.8, 0.9, 0.5) if t >= 0.9 * df["weights_remaining"].min()]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.invert_xaxis()  # sparsest on the right, as in the paper
         ax.set_xlabel("percent of weights remaining (log)")
         ax.set_ylabel(ylabel)

@@ -7,8 +7,10 @@ The test set is only evaluated on the weights chosen by validation and on the fi
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,14 @@ class Result:
     curve: list[dict]  # one row per evaluation: iteration, val_loss[N], val_acc[N]
 
 
+def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int) -> str:
+    """Identity of a training run: its starting weights, masks, hyper-parameters and data orders."""
+    h = hashlib.sha256(repr((sorted(vars(cfg).items()), list(order_seeds), n_train)).encode())
+    for t in [*model.state_dict().values(), *mask.values()]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,14 +58,17 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy of every network on (x, y): two (N,) tensors."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of every network on (x, y): two (N,) tensors (in eval mode)."""
+    was_training = model.training
+    model.eval()
     loss = acc = 0.0
     for s in range(0, len(y), chunk):
         out = model(x[None, s : s + chunk])  # (N, b, C)
         yb = y[s : s + chunk]
         loss = loss + F.cross_entropy(out.transpose(1, 2), yb.expand(out.shape[0], -1), reduction="none").sum(1)
         acc = acc + (out.argmax(-1) == yb).sum(1)
+    model.train(was_training)
     return (loss / len(y)).double(), (acc / len(y)).double()
 
 
@@ -76,7 +89,15 @@ def train(
     order_seeds: list[int],
     label: str = "train",
     log=print,
+    resume_dir: Path | None = None,
+    checkpoint_seconds: float = 120.0,
 ) -> Result:
+    """Train the stack in place and return its results.
+
+    With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
+    evaluation), under a digest of this training's inputs; a later call with the same inputs
+    resumes from it bit for bit, and the file is deleted when training completes.
+    """
     n_nets = len(order_seeds)
     x_train, y_train = data["x_train"], data["y_train"]
     n_train, bs = len(y_train), cfg.batch_size
@@ -88,20 +109,38 @@ def train(
     net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=device)
     identity = len(uniq) == n_nets and uniq == list(order_seeds)
 
+    model.train()
     params = list(model.parameters())
     opt = make_optimizer(params, cfg)
     apply(model, mask)
     weights = [dict(model.named_parameters())[k] for k in mask]
     keep = [m.to(p.dtype) for m, p in zip(mask.values(), weights)]
 
-    best = [p.detach().clone() for p in params]
+    state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
+    best = {k: v.clone() for k, v in state.items()}
     best_loss = torch.full((n_nets,), float("inf"), dtype=torch.float64)
     best_it = torch.zeros(n_nets, dtype=torch.long)
     curve: list[dict] = []
     perms, pos = None, n_train
     t0 = time.perf_counter()
     running, since = torch.zeros(n_nets, device=device), 0
-    for it in range(1, cfg.iterations + 1):
+    scratch = resume_dir / f"{_digest(model, mask, cfg, order_seeds, n_train)}.pt" if resume_dir else None
+    first, last_save = 1, time.monotonic()
+    if scratch and scratch.is_file():
+        try:
+            st = torch.load(scratch, map_location=device, weights_only=True)
+        except Exception as e:  # a torn scratch file is not worth failing for: start over
+            log(f"[{label}] ignoring unreadable resume checkpoint {scratch} ({type(e).__name__})")
+        else:
+            model.load_state_dict(st["state"])
+            best = st["best"]
+            opt.load_state_dict(st["opt"])
+            for g, gs in zip(gens, st["gens"]):
+                g.set_state(gs)
+            best_loss, best_it, curve = st["best_loss"], st["best_it"], st["curve"]
+            perms, pos, first = st["perms"], st["pos"], st["it"] + 1
+            log(f"[{label}] resumed from {scratch} at iteration {st['it']}")
+    for it in range(first, cfg.iterations + 1):
         if pos + bs > n_train:  # a new epoch for every data order
             perms = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
             pos = 0
@@ -127,12 +166,18 @@ def train(
             _check_finite(model, val_loss, it, label)
             better = val_loss < best_loss
             if better.any():
-                with torch.no_grad():
-                    for b, p in zip(best, params):
-                        b[better.to(device)] = p[better.to(device)]
+                for k, b in best.items():
+                    b[better.to(device)] = state[k][better.to(device)]
                 best_loss = torch.where(better, val_loss, best_loss)
                 best_it = torch.where(better, torch.tensor(it), best_it)
             curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
+            if scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
+                from .artifacts import atomic_save
+
+                atomic_save({"it": it, "state": state, "best": best, "opt": opt.state_dict(),
+                             "gens": [g.get_state() for g in gens], "best_loss": best_loss, "best_it": best_it,
+                             "curve": curve, "perms": perms, "pos": pos}, scratch)
+                last_save = time.monotonic()
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
             _check_finite(model, running, it, label)
             dt = time.perf_counter() - t0
@@ -148,12 +193,12 @@ def train(
 
     final_loss, final_acc = evaluate(model, data["x_test"], data["y_test"])
     with torch.no_grad():
-        final = [p.detach().clone() for p in params]
-        for p, b in zip(params, best):
-            p.copy_(b)
+        final = {k: v.clone() for k, v in state.items()}
+        model.load_state_dict(best)
         _, es_acc = evaluate(model, data["x_test"], data["y_test"])
-        for p, f in zip(params, final):
-            p.copy_(f)
+        model.load_state_dict(final)
+    if scratch:
+        scratch.unlink(missing_ok=True)
     return Result(
         early_stop_iteration=best_it.tolist(),
         test_accuracy=es_acc.tolist(),

@@ -13,9 +13,11 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--data", default="data/prepared.pt")
+    ap.add_argument("--resume-dir", default=".dvc/tmp/lottery-resume",
+                    help="undeclared scratch folder for periodic resume points (deleted on success)")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data))
+    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def make_cfg(root: Path | None = None, seed: int = 0, validation: int = 10, trai
     d = {"dataset": dataset, "validation": validation, "train_subset": train_subset}
     if root is not None:
         d["root"] = str(root)
-    return config.from_dict({"seed": seed, "data": d, "prune": {"rounds": 1, "chain": config.chain(1)}})
+    model = {"mnist1d": "mlp-mnist1d", "cifar10": "conv-2"}.get(dataset, "lenet-300-100")
+    return config.from_dict({"seed": seed, "data": d, "model": {"name": model},
+                             "prune": {"rounds": 1, "chain": config.chain(1)}})
 
 
 def ids(x: torch.Tensor) -> list[int]:

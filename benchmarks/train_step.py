@@ -1,0 +1,161 @@
+"""Training throughput, measured side by side in one run (`make bench`).
+
+LeNet-300-100, batch 60, Adam 1.2e-3, masks re-applied after every step, data in memory:
+  ceiling  the matmuls of the model's own shapes (forward + backward) alone
+  plain    a plain PyTorch loop (nn.Sequential, torch.optim.Adam, one network)
+  ours N   lottery.training.train on a stack of N networks (the round stage's path)
+Each case runs in its own process (peak RSS per case). Prints ratios, never asserts speed.
+
+    python benchmarks/train_step.py [--quick] [--iterations N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+SHAPES = [(784, 300), (300, 100), (100, 10)]
+BATCH = 60
+
+
+def flops_per_iteration() -> float:
+    """Forward products, weight gradients, and input gradients of the layers after the first."""
+    f = sum(2 * BATCH * i * o for i, o in SHAPES)  # forward
+    f += sum(2 * BATCH * i * o for i, o in SHAPES)  # dW
+    f += sum(2 * BATCH * i * o for i, o in SHAPES[1:])  # dX (not needed for the input layer)
+    return float(f)
+
+
+def case_ceiling(iters: int) -> dict:
+    import torch
+
+    x = [torch.randn(BATCH, i) for i, _ in SHAPES]
+    w = [torch.randn(o, i) for i, o in SHAPES]
+    d = [torch.randn(BATCH, o) for _, o in SHAPES]
+    def step():
+        for j in range(3):
+            x[j] @ w[j].t()
+            d[j].t() @ x[j]
+            if j:
+                d[j] @ w[j]
+    for _ in range(50):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters * 2):
+        step()
+    dt = (time.perf_counter() - t) / (iters * 2)
+    return {"it_s": 1 / dt, "gflops": flops_per_iteration() / dt / 1e9}
+
+
+def _data(n=55000):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def case_plain(iters: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    x, y = _data()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    masks = {p: (torch.rand_like(p) > 0.5).float() for n, p in net.named_parameters() if n.endswith("weight")}
+    opt = torch.optim.Adam(net.parameters(), lr=1.2e-3)
+    perm, pos = torch.randperm(len(y)), 0
+    def step():
+        nonlocal perm, pos
+        if pos + BATCH > len(y):
+            perm, pos = torch.randperm(len(y)), 0
+        idx = perm[pos : pos + BATCH]
+        pos += BATCH
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for p, m in masks.items():
+                p.mul_(m)
+    for _ in range(50):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return {"it_s": iters / (time.perf_counter() - t), "networks": 1}
+
+
+def case_ours(iters: int, n: int) -> dict:
+    import torch
+
+    from lottery import masks, models
+    from lottery.config import TrainConfig
+    from lottery.training import train
+
+    x, y = _data()
+    data = {"x_train": x, "y_train": y, "x_val": x[:10], "y_val": y[:10], "x_test": x[:10], "y_test": y[:10]}
+    model = models.build("lenet-300-100", list(range(n)))
+    mask = {k: torch.rand_like(v) > 0.5 for k, v in masks.ones(model, models.prunable(model)).items()}
+    cfg = TrainConfig(iterations=iters, eval_every=10**9, log_every=0)
+    train(model, mask, data, TrainConfig(iterations=50, eval_every=10**9, log_every=0), list(range(n)), log=lambda *_: None)
+    t = time.perf_counter()
+    train(model, mask, data, cfg, list(range(n)), log=lambda *_: None)
+    return {"it_s": iters / (time.perf_counter() - t), "networks": n}
+
+
+def case_startup() -> dict:
+    t = time.perf_counter()
+    import torch  # noqa: F401
+
+    t_torch = time.perf_counter() - t
+    t = time.perf_counter()
+    import lottery.rounds  # noqa: F401
+    import lottery.data  # noqa: F401
+
+    return {"import_torch_s": t_torch, "import_lottery_after_torch_s": time.perf_counter() - t}
+
+
+def child(name: str, iters: int) -> dict:
+    fn = {"ceiling": lambda: case_ceiling(iters), "plain": lambda: case_plain(iters), "startup": case_startup}
+    out = fn[name]() if name in fn else case_ours(iters, int(name.split("-")[1]))
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few iterations: checks the table is produced")
+    ap.add_argument("--iterations", type=int, default=1500)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    iters = 30 if args.quick else args.iterations
+    if args.child:
+        print(json.dumps(child(args.child, iters)))
+        return
+    res = {}
+    for name in ["ceiling", "plain", "ours-1", "ours-2", "ours-6", "startup"]:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        p = subprocess.run([sys.executable, __file__, "--child", name, "--iterations", str(iters)],
+                           capture_output=True, text=True, check=True)
+        res[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    ceil, plain = res["ceiling"]["it_s"], res["plain"]["it_s"]
+    print(f"\nLeNet-300-100, batch {BATCH}, Adam, masked; {iters} iterations per case; "
+          f"matmul ceiling {res['ceiling']['gflops']:.1f} GFLOP/s = {ceil:.0f} it/s")
+    print(f"{'case':<10} {'networks':>8} {'net-it/s':>9} {'% ceiling':>9} {'x plain':>8} {'peak MB':>8}")
+    for name in ["plain", "ours-1", "ours-2", "ours-6"]:
+        r = res[name]
+        rate = r["it_s"] * r["networks"]
+        print(f"{name:<10} {r['networks']:>8} {rate:>9.0f} {100 * rate / ceil:>8.1f}% {rate / plain:>7.2f}x {r['peak_rss_mb']:>8.0f}")
+    s = res["startup"]
+    print(f"stage start-up: import torch {s['import_torch_s']:.2f}s, then lottery {s['import_lottery_after_torch_s']:.2f}s")
+    best = max(res[n]["it_s"] * res[n]["networks"] for n in ["ours-1", "ours-2", "ours-6"])
+    hours = 20 * 5 * 2 * 50000 / best / 3600
+    print(f"paper's full LeNet figure (20 rounds x 5 trials x ticket+reinit x 50K it) at {best:.0f} net-it/s: {hours:.1f} h")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The paper's networks as stacks (lottery.models): sizes, layer kinds, shapes, stack == one by one, BatchNorm."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lottery import config, masks, models
+from lottery.config import ConfigError, TrainConfig
+from lottery.training import train
+
+CIFAR = ["conv-2", "conv-4", "conv-6", "vgg-19", "resnet-20"]
+
+# Prunable weights (conv and linear weights; no biases, no BatchNorm), computed by hand:
+#   conv-2: 3*64*9 + 64*64*9 + 16*16*64*256 + 256*256 + 256*10
+#   conv-4: + 64*128*9 + 128*128*9, fc in 8*8*128;  conv-6: + 128*256*9 + 256*256*9, fc in 4*4*256
+#   vgg-19: 16 convs (20,018,880) + 512*10
+#   resnet-20: 3*16*9 + 6*16*16*9 + (16*32*9 + 5*32*32*9 + 16*32) + (32*64*9 + 5*64*64*9 + 32*64) + 64*10
+COUNTS = {
+    "lenet-300-100": 266_200,
+    "mlp-mnist1d": 15_000,
+    "conv-2": 4_300_992,
+    "conv-4": 2_425_024,
+    "conv-6": 2_261_184,
+    "vgg-19": 20_024_000,
+    "resnet-20": 270_896,
+}
+# Frankle & Carbin (2019), Figure 2. Conv-6 is listed there as 1.7M, which its own architecture
+# (64,64,pool,128,128,pool,256,256,pool; fc 256,256,10 on 4x4x256) does not give: 2.26M. Its
+# convolutions alone are 1,144,512 (1.1M).
+PAPER = {"lenet-300-100": "266K", "conv-2": "4.3M", "conv-4": "2.4M", "vgg-19": "20.0M", "resnet-20": "271K"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def n_prunable(model: nn.Module) -> int:
+    params = dict(model.named_parameters())
+    return sum(params[k][0].numel() for k in models.prunable(model))
+
+
+def paper_round(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{round(n / 1000)}K"
+
+
+def silent(*_a, **_k):
+    pass
+
+
+def cifar_data(n_train=32, n_val=16, n_test=16, seed=0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        out[f"x_{split}"] = torch.randn(n, 3, 32, 32, generator=gen)
+        out[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
+    return out
+
+
+def half_mask(model, seed=0) -> masks.Mask:
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {k: torch.rand(params[k].shape, generator=gen) < 0.5 for k in models.prunable(model)}
+
+
+# ---------------------------------------------------------------- sizes and layer kinds
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_prunable_counts_are_exact_and_match_the_paper(name):
+    model = models.REGISTRY[name](1)  # uninitialised: only shapes matter
+    assert n_prunable(model) == COUNTS[name]
+    if name in PAPER:
+        assert paper_round(COUNTS[name]) == PAPER[name]
+
+
+def test_conv6_convolutions_and_resnet20_total_parameters():
+    m = models.REGISTRY["conv-6"](1)
+    params = dict(m.named_parameters())
+    assert sum(params[k][0].numel() for k, v in models.kinds(m).items() if v == "conv") == 1_144_512
+    # ResNet-20's often quoted 0.27M / 272K counts every parameter (biases and BatchNorm included)
+    r = models.REGISTRY["resnet-20"](1)
+    assert sum(p[0].numel() for p in r.parameters()) == 272_474
+
+
+def test_every_registered_model_has_its_datasets_and_config_knows_it():
+    assert set(models.REGISTRY) == set(models.INPUTS) == set(config.MODELS)
+    assert models.INPUTS["lenet-300-100"] == ("mnist", "fashion-mnist")
+    assert models.INPUTS["mlp-mnist1d"] == ("mnist1d",)
+    for name in CIFAR + ["conv-2-dropout", "conv-4-dropout", "conv-6-dropout"]:
+        assert models.INPUTS[name] == ("cifar10",)
+    assert all(set(v) <= set(config.DATASETS) for v in models.INPUTS.values())
+
+
+def test_kinds_and_forward_order():
+    m = models.REGISTRY["conv-2"](1)
+    assert models.kinds(m) == {"convs.0.weight": "conv", "convs.1.weight": "conv", "fcs.0.weight": "fc",
+                               "fcs.1.weight": "fc", "fcs.2.weight": "output"}
+    assert models.output_layer(m) == "fcs.2.weight"
+    r = models.REGISTRY["resnet-20"](1)
+    names, kinds = models.prunable(r), models.kinds(r)
+    assert list(kinds) == names
+    assert names[:4] == ["conv.weight", "blocks.0.conv1.weight", "blocks.0.conv2.weight", "blocks.1.conv1.weight"]
+    assert "blocks.3.shortcut.weight" in names and "blocks.6.shortcut.weight" in names
+    assert sum(v == "conv" for v in kinds.values()) == 21 and kinds["fc.weight"] == "output"
+    assert models.output_layer(r) == names[-1] == "fc.weight"
+    assert not any("bn" in k or "bias" in k for k in names)
+    lenet = models.REGISTRY["lenet-300-100"](1)
+    assert list(models.kinds(lenet).values()) == ["fc", "fc", "output"]
+    for name in ("conv-4", "conv-6"):
+        k = models.kinds(models.REGISTRY[name](1))
+        assert list(k.values()) == ["conv"] * (len(k) - 3) + ["fc", "fc", "output"]
+
+
+# ---------------------------------------------------------------- shapes and stack == one by one
+
+
+@pytest.mark.parametrize("name", ["conv-2", "conv-4", "conv-6", "resnet-20"])
+def test_output_shapes_and_networks_do_not_mix(name):
+    stack = models.build(name, [0, 1]).eval()
+    x = torch.randn(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        shared = stack(x)
+        per_net = stack(torch.cat([x, 2 * x]))  # (N, B, ...): network 1 sees its own input
+        flat = stack(x.flatten(2))
+        alone = models.build(name, [1]).eval()(2 * x)
+    assert shared.shape == per_net.shape == (2, 3, 10)
+    assert torch.allclose(shared[0], per_net[0], atol=1e-5, rtol=0)
+    assert torch.allclose(per_net[1], alone[0], atol=1e-5, rtol=0)
+    assert torch.equal(flat, shared)
+
+
+def test_vgg19_light():
+    model = models.build("vgg-19", [0])
+    assert n_prunable(model) == COUNTS["vgg-19"]
+    kinds = models.kinds(model)
+    assert sum(v == "conv" for v in kinds.values()) == 16 and kinds["fc.weight"] == "output"
+    assert list(kinds)[-1] == "fc.weight"
+    w = model.convs[5].weight[0].detach()  # 256 -> 256: Kaiming normal, std sqrt(2 / fan_in)
+    assert float(w.std()) == pytest.approx(math.sqrt(2.0 / (256 * 9)), rel=0.02)
+    assert model.convs[0].bias is None
+    with torch.no_grad():
+        out = model(torch.randn(1, 2, 3, 32, 32))
+    assert out.shape == (1, 2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["conv-2", "resnet-20"])
+def test_stacked_build_equals_networks_built_alone(name):
+    stack = models.build(name, [3, 8]).state_dict()
+    a, b = models.build(name, [3]).state_dict(), models.build(name, [8]).state_dict()
+    assert set(stack) == set(a)
+    for k, v in stack.items():
+        assert v.shape[0] == 2, k  # every state entry (buffers too) is per network
+        assert torch.equal(v[0:1], a[k]), k
+        assert torch.equal(v[1:2], b[k]), k
+    first = models.prunable(models.build(name, [0]))[0]
+    assert not torch.equal(a[first], b[first])
+
+
+def test_init_scales_and_zero_biases():
+    sd = models.build("conv-2", [0]).state_dict()
+    w = sd["convs.1.weight"][0]  # Glorot normal with receptive-field fans, as the paper's Conv nets
+    assert float(w.std()) == pytest.approx(math.sqrt(2.0 / (64 * 9 + 64 * 9)), rel=0.02)
+    assert all(not sd[k].any() for k in sd if k.endswith("bias"))
+    r = models.build("resnet-20", [0]).state_dict()
+    w = r["blocks.8.conv2.weight"][0]
+    assert float(w.std()) == pytest.approx(math.sqrt(2.0 / (64 * 9)), rel=0.02)
+    bn_w = r["blocks.8.bn2.weight"]
+    assert ((bn_w >= 0) & (bn_w < 1)).all() and bn_w.std() > 0.1  # open_lth's uniform BatchNorm init
+    assert not r["blocks.8.bn2.bias"].any() and not r["bn.running_mean"].any() and (r["bn.running_var"] == 1).all()
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _train_stack_and_alone(name: str, data: dict, atol: float) -> None:
+    seeds = [0, 1]
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, iterations=5, eval_every=5, log_every=0, batch_size=8)
+    stack = models.build(name, seeds)
+    res = train(stack, masks.ones(stack, models.prunable(stack)), data, cfg, order_seeds=seeds, log=silent)
+    stacked = stack.state_dict()
+    start = models.build(name, seeds).state_dict()
+    for i, s in enumerate(seeds):
+        alone = models.build(name, [s])
+        r = train(alone, masks.ones(alone, models.prunable(alone)), data, cfg, order_seeds=[s], log=silent)
+        for k, v in alone.state_dict().items():
+            assert torch.allclose(stacked[k][i : i + 1], v, atol=atol, rtol=0), (s, k)
+        assert r.min_val_loss[0] == pytest.approx(res.min_val_loss[i], abs=atol)
+    moved = [k for k in models.prunable(stack) if not torch.equal(stacked[k], start[k])]
+    assert moved == models.prunable(stack)  # training really changed every layer
+
+
+def test_stacked_training_equals_one_by_one_conv2():
+    _train_stack_and_alone("conv-2", cifar_data(), atol=1e-5)
+
+
+def test_stacked_training_equals_one_by_one_resnet20(float64):
+    # In float32 a BatchNorm ResNet on batches of 8 random images amplifies rounding differences
+    # (different kernel blockings for 1 vs 2 networks) to ~1e-4 within 5 SGD steps; in float64
+    # the stack and the networks trained alone agree to ~1e-18, which is what this checks.
+    data = {k: v.double() if v.is_floating_point() else v for k, v in cifar_data().items()}
+    _train_stack_and_alone("resnet-20", data, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["conv-2", "resnet-20"])
+def test_masked_training_keeps_pruned_conv_weights_zero(name):
+    model = models.build(name, [0, 1])
+    mask = half_mask(model)
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, iterations=3, eval_every=3,
+                      log_every=0, batch_size=8)
+    train(model, mask, cifar_data(), cfg, order_seeds=[0, 1], log=silent)
+    params = dict(model.named_parameters())
+    convs = [k for k, v in models.kinds(model).items() if v == "conv"]
+    assert convs
+    for k, m in mask.items():
+        w = params[k].detach()
+        assert (w[~m] == 0).all(), f"{k}: pruned weights revived"
+        assert (w[m] != 0).float().mean() > 0.99, k
+
+
+# ---------------------------------------------------------------- the stacked layers against torch.nn
+
+
+def test_stacked_conv2d_equals_conv2d_per_network():
+    conv = models.StackedConv2d(3, 4, 5, 3, stride=2)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(3):
+        conv.init_(i, gen, "glorot")
+    with torch.no_grad():
+        conv.bias.normal_(generator=gen)
+        x = torch.randn(3, 2, 4, 9, 9, generator=gen)
+        out = models.from_grouped(conv(models.to_grouped(x, 3, (4, 9, 9))), 3)
+        for i in range(3):
+            ref = F.conv2d(x[i], conv.weight[i], conv.bias[i], stride=2, padding=1)
+            assert torch.allclose(out[i], ref.flatten(1), atol=1e-5, rtol=0)
+
+
+def test_stacked_batchnorm_equals_batchnorm_per_network():
+    n, c = 2, 4
+    bn = models.StackedBatchNorm2d(n, c)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        bn.init_(i, gen)
+    refs = []
+    for i in range(n):
+        r = nn.BatchNorm2d(c)
+        with torch.no_grad():
+            r.weight.copy_(bn.weight[i])
+            r.bias.copy_(bn.bias[i])
+        refs.append(r)
+    x = torch.randn(n, 6, c, 5, 5, generator=gen) * 3 + 1
+    for step in range(2):
+        out = models.from_grouped(bn(models.to_grouped(x + step, n, (c, 5, 5))), n)
+        for i in range(n):
+            assert torch.allclose(out[i], refs[i](x[i] + step).flatten(1), atol=1e-5, rtol=0)
+    for i in range(n):
+        assert torch.allclose(bn.running_mean[i], refs[i].running_mean, atol=1e-6)
+        assert torch.allclose(bn.running_var[i], refs[i].running_var, atol=1e-5)
+    bn.eval()
+    out = models.from_grouped(bn(models.to_grouped(x, n, (c, 5, 5))), n)
+    for i in range(n):
+        assert torch.allclose(out[i], refs[i].eval()(x[i]).flatten(1), atol=1e-5, rtol=0)
+
+
+def test_batchnorm_running_stats_per_network_and_only_in_train_mode():
+    model = models.build("resnet-20", [0, 1])
+    bns = [m for m in model.modules() if isinstance(m, models.StackedBatchNorm2d)]
+    assert len(bns) == 21
+    x = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) + 0.5
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert all(not b.running_mean.any() and (b.running_var == 1).all() for b in bns)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    after = copy.deepcopy(model.state_dict())
+    for b in bns:
+        assert b.running_mean.any()
+        assert not torch.equal(b.running_mean[0], b.running_mean[1])  # same input, different networks
+        assert not torch.equal(b.running_var[0], b.running_var[1])
+    model.eval()
+    with torch.no_grad():
+        a, b_ = model(x), model(x)
+    assert torch.equal(a, b_)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
+def test_dropout_variant_is_conv2_with_dropout_in_train_mode_only():
+    plain, drop = models.build("conv-2", [0]), models.build("conv-2-dropout", [0])
+    sd = drop.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in plain.state_dict().items())
+    assert models.prunable(drop) == models.prunable(plain)
+    x = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(drop.eval()(x), plain(x), atol=1e-6)
+        torch.manual_seed(0)
+        assert not torch.allclose(drop.train()(x), plain(x), atol=1e-4)
+
+
+# ---------------------------------------------------------------- config: model and dataset must fit
+
+
+def _cfg(model: str, dataset: str) -> dict:
+    return {"data": {"dataset": dataset, "validation": 500}, "model": {"name": model},
+            "prune": {"rounds": 1, "chain": config.chain(1)}}
+
+
+def test_config_rejects_a_model_on_the_wrong_dataset():
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(_cfg("conv-2", "mnist1d"))
+    msg = str(e.value)
+    assert "model.name" in msg and "mnist1d" in msg and "cifar10" in msg
+    with pytest.raises(ConfigError, match="model.name.*cifar10.*mnist, fashion-mnist"):
+        config.from_dict(_cfg("lenet-300-100", "cifar10"))
+    for model, dataset in [("conv-2", "cifar10"), ("resnet-20", "cifar10"), ("vgg-19", "cifar10"),
+                           ("conv-6-dropout", "cifar10"), ("lenet-300-100", "mnist"), ("mlp-mnist1d", "mnist1d")]:
+        cfg = config.from_dict(_cfg(model, dataset))
+        assert cfg.model.name == model and cfg.data.dataset == dataset

@@ -1,0 +1,91 @@
+"""Crash safety: a resumed training equals an uninterrupted one bit for bit, also after `kill -9`."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import Repo, env_for, ran
+from lottery import masks, models
+from lottery.config import TrainConfig
+from lottery.training import train
+
+
+class Crash(Exception):
+    pass
+
+
+def _data(n=300):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 40, generator=g)
+    y = (x[:, :10].argmax(1))
+    return {"x_train": x, "y_train": y, "x_val": x[:50], "y_val": y[:50], "x_test": x[50:100], "y_test": y[50:100]}
+
+
+def _run(resume_dir, crash_at=None):
+    model = models.build("mlp-mnist1d", [3, 4])
+    mask = masks.ones(model, models.prunable(model))
+    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10)
+
+    def log(line):
+        if crash_at and f"it {crash_at:>6}/" in line:
+            raise Crash(line)
+
+    result = train(model, mask, _data(), cfg, [3, 4], log=log, resume_dir=resume_dir, checkpoint_seconds=0.0)
+    return model, result
+
+
+def test_resumed_training_is_bit_identical(tmp_path):
+    ref_model, ref = _run(None)
+    try:
+        _run(tmp_path, crash_at=70)
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the crash hook did not fire")
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # the resume point survived the crash
+    model, result = _run(tmp_path)
+    for (k, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert result == ref
+    assert list(tmp_path.glob("*.pt")) == []  # deleted on success
+
+
+def test_kill_9_during_a_round_then_repro_matches_an_uninterrupted_run(template, tmp_path):
+    longer = {"train": {"iterations": 3000, "eval_every": 50, "checkpoint_seconds": 0.3}}
+    reference = Repo(tmp_path / "ref", env_for(tmp_path))
+    shutil.copytree(template.path, reference.path, symlinks=True)
+    reference.set_params(longer)
+    assert ran(reference.dvc("repro").stdout) == ["round@r0", "round@r1", "round@r2", "summarize"]
+
+    repo = Repo(tmp_path / "killed", env_for(tmp_path))
+    shutil.copytree(template.path, repo.path, symlinks=True)
+    repo.set_params(longer)
+    scratch = repo.path / ".dvc" / "tmp" / "lottery-resume"
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo.path, env=repo.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for round@r1 to have written a resume point
+        if (repo.path / "runs/r0/metrics.json").exists() and list(scratch.glob("*.pt")):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError(f"no resume point appeared:\n{proc.communicate()[0]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (repo.path / "runs/r1/model.pt").exists()  # no stale partial output
+    assert not list((repo.path / "runs/r1").glob(".*.tmp")) if (repo.path / "runs/r1").exists() else True
+
+    out = repo.dvc("repro").stdout
+    assert "round@r0" not in ran(out)  # the finished round is not recomputed
+    assert ran(out)[0] == "round@r1" and "resumed from" in out
+    for r in ("r0", "r1", "r2"):
+        for f in ("mask.pt", "model.pt", "controls.pt", "metrics.json"):
+            assert (repo.path / "runs" / r / f).read_bytes() == (reference.path / "runs" / r / f).read_bytes(), (r, f)
+    assert list(scratch.glob("*.pt")) == []
