@@ -38,3 +38,4 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/presets.py

@@ -28,7 +28,11 @@ MODEL_DATASETS: dict[str, tuple[str, ...]] = {
 }
 MODELS = tuple(MODEL_DATASETS)
 OPTIMIZERS = ("adam", "sgd")
-STRATEGIES = ("layerwise",)
+STRATEGIES = ("layerwise", "global")
+SCHEDULES = ("iterative", "oneshot")
+CRITERIA = ("magnitude", "random", "magnitude_increase")
+KINDS = ("conv", "fc", "output")
+REWINDS = ("init", "iteration", "lr", "finetune")
 CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -49,6 +53,7 @@ class DataConfig:
     validation: int = _help("training images held out (by seed) for early stopping", 5000)
     train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
     root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
+    augment: bool = _help("random crop (padding 4) and horizontal flip of training images (CIFAR)", False)
 
 
 @dataclass
@@ -66,17 +71,31 @@ class TrainConfig:
     iterations: int = _help("training iterations per round", 3000)
     eval_every: int = _help("validation every N iterations (early-stop resolution)", 100)
     device: str = _help("cpu, cuda or auto (cuda when present)", "cpu")
+    warmup: int = _help("linear learning-rate warm-up over the first N iterations (0 = none)", 0)
+    lr_drops: list[int] = _help("iterations at which the learning rate is multiplied by lr_gamma", [])
+    lr_gamma: float = _help("factor of each learning-rate drop", 0.1)
     log_every: int = _help("print a progress line every N iterations (0 = only at the end)", 500)
     checkpoint_seconds: float = _help("save a resume point every N seconds of a round (crash-safe; not a result param)", 120.0)
 
 
 @dataclass
 class PruneConfig:
-    strategy: str = _help("layerwise: each layer loses `rate` of its remaining weights", "layerwise")
-    rate: float = _help("fraction of remaining hidden-layer weights pruned per round, in (0, 1)", 0.2)
+    strategy: str = _help("layerwise (each layer at its kind's rate) or global (one ranking over `global_kinds`)", "layerwise")
+    rate: float = _help("fraction of remaining fully-connected weights pruned per round, in (0, 1)", 0.2)
+    conv_rate: float | None = _help("rate of convolutional layers (null = `rate`)", None)
     output_rate: float | None = _help("rate of the output layer (null = half of `rate`)", None)
+    global_kinds: list[str] = _help("layer kinds ranked together by the global strategy, at `rate`", ["conv"])
+    criterion: str = _help("what is kept: magnitude (|w| trained), magnitude_increase (|w| - |w0|), random", "magnitude")
+    schedule: str = _help("iterative (prune the previous round) or oneshot (prune r0 straight to round K's sparsity)", "iterative")
     rounds: int = _help("pruning rounds after the dense round r0", 15)
-    chain: dict[str, str] = _help("round -> previous round; generated from `rounds` (conf/)", {})
+    chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
+
+
+@dataclass
+class RewindConfig:
+    to: str = _help("init (θ0), iteration (θk of `iteration`), lr (keep weights, replay the schedule), finetune", "init")
+    iteration: int = _help("k for `to: iteration`: init trains k iterations, rounds resume from k", 0)
+    finetune_lr: float = _help("constant learning rate of `to: finetune`", 1e-4)
 
 
 @dataclass
@@ -93,6 +112,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    rewind: RewindConfig = field(default_factory=RewindConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
 
     def section_digest(self, *sections: str) -> str:
@@ -104,14 +124,24 @@ class Config:
     def output_rate(self) -> float:
         return self.prune.rate / 2 if self.prune.output_rate is None else self.prune.output_rate
 
+    @property
+    def kind_rates(self) -> dict[str, float]:
+        """Per-round pruning rate of each layer kind."""
+        conv = self.prune.rate if self.prune.conv_rate is None else self.prune.conv_rate
+        return {"conv": conv, "fc": self.prune.rate, "output": self.output_rate}
+
 
 def _to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
-def chain(rounds: int) -> dict[str, str]:
-    """{'r0': 'init', 'r1': 'r0', ...}: each round names its predecessor (DVC has no arithmetic)."""
-    return {f"r{k}": ("init" if k == 0 else f"r{k - 1}") for k in range(rounds + 1)}
+def chain(rounds: int, schedule: str = "iterative") -> dict[str, str]:
+    """{'r0': 'init', 'r1': 'r0', ...}: each round names the round it prunes (DVC has no arithmetic).
+
+    One-shot pruning prunes the dense round every time: {'r0': 'init', 'r1': 'r0', 'r2': 'r0', ...}.
+    """
+    prev = (lambda k: "r0") if schedule == "oneshot" else (lambda k: f"r{k - 1}")
+    return {f"r{k}": ("init" if k == 0 else prev(k)) for k in range(rounds + 1)}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -199,20 +229,37 @@ def validate(cfg: Config) -> Config:
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
     _check(t.log_every >= 0, "train.log_every", t.log_every, "an integer >= 0")
     _check(t.checkpoint_seconds > 0, "train.checkpoint_seconds", t.checkpoint_seconds, "a number > 0")
+    _check(0 <= t.warmup < t.iterations, "train.warmup", t.warmup, f"an integer in [0, train.iterations={t.iterations})")
+    for i, d in enumerate(t.lr_drops):
+        _check(0 < d <= t.iterations, f"train.lr_drops[{i}]", d, f"an iteration in (0, {t.iterations}]")
+    _check(t.lr_drops == sorted(set(t.lr_drops)), "train.lr_drops", t.lr_drops, "increasing iterations")
+    _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a number in (0, 1]")
     _check(t.device in DEVICES, "train.device", t.device, "one of " + ", ".join(DEVICES))
     p = cfg.prune
     _check(p.strategy in STRATEGIES, "prune.strategy", p.strategy, "one of " + ", ".join(STRATEGIES))
     _check(0 < p.rate < 1, "prune.rate", p.rate, "a number in (0, 1)")
     if p.output_rate is not None:
         _check(0 <= p.output_rate < 1, "prune.output_rate", p.output_rate, "null or a number in [0, 1)")
+    if p.conv_rate is not None:
+        _check(0 <= p.conv_rate < 1, "prune.conv_rate", p.conv_rate, "null or a number in [0, 1)")
+    for i, kind in enumerate(p.global_kinds):
+        _check(kind in KINDS, f"prune.global_kinds[{i}]", kind, "one of " + ", ".join(KINDS))
+    _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
+    _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(p.rounds >= 0, "prune.rounds", p.rounds, "an integer >= 0")
     _check(
-        p.chain == chain(p.rounds),
+        p.chain == chain(p.rounds, p.schedule),
         "prune.chain",
         p.chain,
-        f"must match prune.rounds={p.rounds}; params.yaml is generated from conf/config.yaml: "
+        f"must match prune.rounds={p.rounds} and prune.schedule={p.schedule}; params.yaml is generated from conf/config.yaml: "
         "change rounds with `dvc exp run -S prune.rounds=N` or `make params`",
     )
+    r = cfg.rewind
+    _check(r.to in REWINDS, "rewind.to", r.to, "one of " + ", ".join(REWINDS))
+    _check(0 <= r.iteration < t.iterations, "rewind.iteration", r.iteration,
+           f"an iteration in [0, train.iterations={t.iterations})")
+    _check(r.to == "iteration" or r.iteration == 0, "rewind.iteration", r.iteration, "0 unless rewind.to is 'iteration'")
+    _check(r.finetune_lr > 0, "rewind.finetune_lr", r.finetune_lr, "a number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
     return cfg
 

@@ -11,6 +11,7 @@ Files written per round (all under runs/<round>/):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -40,25 +41,41 @@ def round_index(name: str) -> int:
 
 
 def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
-    return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), **extra}
+    digest = cfg.section_digest("seed", "trials", "controls", "model", "data", "train", "prune", "rewind")
+    return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
-def init(cfg: Config, out: Path) -> None:
-    """θ0 for every trial (network t from seed + t) and the all-ones mask of the dense round."""
-    model = models.build(cfg.model.name, trial_seeds(cfg))
+def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> None:
+    """The rewind point of every trial and the all-ones mask of the dense round.
+
+    θ0 (network t from seed + t); with `rewind.to: iteration`, θk: the dense networks
+    trained for `rewind.iteration` iterations (data from `data_path`).
+    """
+    seeds = trial_seeds(cfg)
+    model = models.build(cfg.model.name, seeds)
     names = models.prunable(model)
-    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init"))
-    artifacts.save(out / "mask.pt", masks.ones(model, names), _meta(cfg, "mask", "init"))
+    mask = masks.ones(model, names)
+    k = cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
+    if k:
+        device = resolve_device(cfg.train.device)
+        data = load_prepared(data_path, device)
+        model.to(device)
+        log(f"[init] training {len(seeds)} dense network(s) to iteration {k} (the rewind point θk)")
+        head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
+        train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
+              log=log, augment=cfg.data.augment)
+    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k))
+    artifacts.save(out / "mask.pt", mask, _meta(cfg, "mask", "init"))
 
 
 def _load_round(cfg: Config, runs: Path, name: str, reference: dict[str, torch.Tensor], names: list[str]):
     """The ticket weights and mask a round wrote, checked against each other and this run."""
     expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg)}
-    weights, _ = artifacts.load(runs / name / "model.pt", "weights", expect)
+    weights, meta = artifacts.load(runs / name / "model.pt", "weights", expect)
     artifacts.check_like(runs / name / "model.pt", weights, reference)
     mask, _ = artifacts.load(runs / name / "mask.pt", "mask", expect)
     artifacts.check_like(runs / name / "mask.pt", mask, {k: reference[k] for k in names})
-    return weights, {k: m.bool() for k, m in mask.items()}
+    return weights, {k: m.bool() for k, m in mask.items()}, meta
 
 
 @dataclass
@@ -72,6 +89,8 @@ class Stack:
     init_seeds: list[int]
     mask_seeds: list[int | None]
     names: list[str]
+    start: int = 0  # iteration the schedule resumes at (rewinding to θk)
+    constant_lr: float | None = None  # fine-tuning
 
     def rows(self, variant: str) -> slice:
         n_t = len(self.init_seeds) // len(self.variants)
@@ -82,23 +101,37 @@ class Stack:
 def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     """Prune the previous round's ticket and rewind: the ticket and every control, ready to train."""
     k = round_index(name)
-    if (prev == "init") != (k == 0) or (k > 0 and round_index(prev) != k - 1):
-        raise ValueError(f"round {name} cannot follow {prev}")
+    if cfg.prune.chain.get(name) != prev:
+        raise ValueError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, not {prev!r}")
     seeds = trial_seeds(cfg)
     variants = ["ticket"] + (list(cfg.controls) if k > 0 else [])
     reference = models.build(cfg.model.name, [0] * cfg.trials).state_dict()
-    names = models.prunable(models.build(cfg.model.name, [0]))
+    one = models.build(cfg.model.name, [0])
+    names, kinds = models.prunable(one), models.kinds(one)
 
-    theta0, _ = _load_round(cfg, runs, "init", reference, names)
-    prev_weights, prev_mask = _load_round(cfg, runs, prev, reference, names)
+    theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
+    want_k = cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
+    if init_meta.get("iteration", 0) != want_k:
+        raise ArtifactError(f"{runs / 'init' / 'model.pt'}: rewind point at iteration {init_meta.get('iteration', 0)}, "
+                            f"rewind.iteration asks for {want_k}; `dvc repro init`")
+    prev_weights, prev_mask, _ = _load_round(cfg, runs, prev, reference, names)
 
-    # Prune the previous round's trained ticket (round 0 prunes nothing).
+    # Prune the trained ticket of the round named by the chain (round 0 prunes nothing).
     if k == 0:
         ticket_mask = prev_mask
     else:
-        rates = pruning.layer_rates(names, names[-1], cfg.prune.rate, cfg.output_rate)
-        ticket_mask = pruning.magnitude({n: prev_weights[n] for n in names}, prev_mask, rates)
-        _check_planned(ticket_mask, prev_mask, rates)
+        steps = k if cfg.prune.schedule == "oneshot" else 1
+        kind_rates = {kind: pruning.oneshot_rate(r, steps) for kind, r in cfg.kind_rates.items()}
+        rates = pruning.kind_rates(kinds, kind_rates)
+        pooled = [n for n in names if kinds[n] in cfg.prune.global_kinds] if cfg.prune.strategy == "global" else []
+        pooled_rate = pruning.oneshot_rate(cfg.prune.rate, steps)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", name))
+        score = pruning.scores(cfg.prune.criterion, {n: prev_weights[n] for n in names}, theta0, gen)
+        ticket_mask = pruning.prune(score, prev_mask, rates, pooled, pooled_rate)
+        _check_planned(ticket_mask, prev_mask, rates, pooled, pooled_rate)
+
+    # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
+    start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
 
     init_seeds, mask_seeds = [], []
     for v in variants:
@@ -109,9 +142,9 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     state = model.state_dict()
     n_t, net_masks = len(seeds), []
     for j, v in enumerate(variants):
-        if v != "reinit":  # rewind to θ0, read from the init artifact
+        if v != "reinit":  # rewind to the start weights, read from the artifacts
             for key in state:
-                state[key][j * n_t : (j + 1) * n_t] = theta0[key]
+                state[key][j * n_t : (j + 1) * n_t] = start_weights[key]
         if v == "random":
             gen = torch.Generator().manual_seed(mask_seeds[j * n_t])
             net_masks.append(pruning.random_like(ticket_mask, gen))
@@ -120,7 +153,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     model.load_state_dict(state)
     mask = {key: torch.cat([m[key] for m in net_masks]) for key in names}
     masks.apply(model, mask)
-    return Stack(model, mask, ticket_mask, variants, init_seeds, mask_seeds, names)
+    constant_lr = cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None
+    return Stack(model, mask, ticket_mask, variants, init_seeds, mask_seeds, names, want_k, constant_lr)
 
 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
@@ -139,7 +173,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
         f"{float(masks.percent_remaining(ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
     result = train(model, dev_mask, data, cfg.train, order_seeds=seeds * len(variants), label=name, log=log,
-                   resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds)
+                   resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds,
+                   start=stack.start, constant_lr=stack.constant_lr, augment=cfg.data.augment)
     seconds = time.perf_counter() - t0
 
     trained = {key: v.detach().cpu() for key, v in model.state_dict().items()}
@@ -187,12 +222,19 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     return metrics
 
 
-def _check_planned(new: masks.Mask, old: masks.Mask, rates: dict[str, float]) -> None:
-    """Invariants of a pruning step: masks only shrink, and each layer lost exactly its planned count."""
+def _check_planned(new: masks.Mask, old: masks.Mask, rates: dict[str, float], pooled=(), pooled_rate=0.0) -> None:
+    """Invariants of a pruning step: masks only shrink, and each group lost exactly its planned count."""
     if not masks.is_subset(new, old):
         raise ArtifactError("pruning revived a weight: the new mask is not a subset of the previous one")
     before, after = masks.kept(old), masks.kept(new)
+    if pooled:
+        b, a = sum(before[n] for n in pooled), sum(after[n] for n in pooled)
+        for i in range(len(b)):
+            if int(a[i]) != int(b[i]) - pruning.n_to_prune(pooled_rate, int(b[i])):
+                raise ArtifactError(f"global pruning kept {int(a[i])} weights, planned {int(b[i]) - pruning.n_to_prune(pooled_rate, int(b[i]))}")
     for key in new:
+        if key in pooled:
+            continue
         for i in range(len(before[key])):
             planned = int(before[key][i]) - pruning.n_to_prune(rates[key], int(before[key][i]))
             if int(after[key][i]) != planned:

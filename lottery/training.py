@@ -33,9 +33,32 @@ class Result:
     curve: list[dict]  # one row per evaluation: iteration, val_loss[N], val_acc[N]
 
 
-def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int) -> str:
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Learning rate of iteration `it` (1-based): linear warm-up, then a drop at each of `lr_drops`."""
+    warm = min(1.0, it / cfg.warmup) if cfg.warmup else 1.0
+    return cfg.lr * warm * cfg.lr_gamma ** sum(it > d for d in cfg.lr_drops)
+
+
+def _augment_draws(gen: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flip = torch.rand(b, generator=gen) < 0.5
+    dy, dx = torch.randint(0, 9, (2, b), generator=gen)
+    return flip, dy, dx
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with padding 4 and horizontal flip of a batch (B, C, H, W), drawn from `gen`."""
+    b, c, h, w = x.shape
+    flip, dy, dx = (t.to(x.device) for t in _augment_draws(gen, b))
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (4, 4, 4, 4)).permute(0, 2, 3, 1)  # (B, H+8, W+8, C)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int, extra=()) -> str:
     """Identity of a training run: its starting weights, masks, hyper-parameters and data orders."""
-    h = hashlib.sha256(repr((sorted(vars(cfg).items()), list(order_seeds), n_train)).encode())
+    h = hashlib.sha256(repr((sorted(vars(cfg).items()), list(order_seeds), n_train, extra)).encode())
     for t in [*model.state_dict().values(), *mask.values()]:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
@@ -91,12 +114,18 @@ def train(
     log=print,
     resume_dir: Path | None = None,
     checkpoint_seconds: float = 120.0,
+    start: int = 0,
+    constant_lr: float | None = None,
+    augment: bool = False,
 ) -> Result:
     """Train the stack in place and return its results.
 
     With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
     evaluation), under a digest of this training's inputs; a later call with the same inputs
     resumes from it bit for bit, and the file is deleted when training completes.
+    `start` = k resumes the schedule at iteration k (rewinding to θk): the data orders and
+    learning-rate schedule continue where an uninterrupted run would be. `constant_lr`
+    replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
     """
     n_nets = len(order_seeds)
     x_train, y_train = data["x_train"], data["y_train"]
@@ -124,8 +153,20 @@ def train(
     perms, pos = None, n_train
     t0 = time.perf_counter()
     running, since = torch.zeros(n_nets, device=device), 0
-    scratch = resume_dir / f"{_digest(model, mask, cfg, order_seeds, n_train)}.pt" if resume_dir else None
-    first, last_save = 1, time.monotonic()
+    scratch = resume_dir / f"{_digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment))}.pt" if resume_dir else None
+    first, last_save = start + 1, time.monotonic()
+    for it in range(1, start + 1):  # replay the data orders (and augmentation draws) of iterations 1..k
+        if pos + bs > n_train:
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
+            pos = 0
+        pos += bs
+        if augment:
+            for g in gens:
+                _augment_draws(g, bs)
+    scheduled = constant_lr is None and (cfg.warmup > 0 or len(cfg.lr_drops) > 0)
+    if constant_lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = constant_lr
     if scratch and scratch.is_file():
         try:
             st = torch.load(scratch, map_location=device, weights_only=True)
@@ -147,6 +188,11 @@ def train(
         idx = perms[:, pos : pos + bs]
         pos += bs
         xb, yb = x_train[idx], y_train[idx]  # (orders, B, ...)
+        if augment:
+            xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(gens)])
+        if scheduled:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(it, cfg)
         if not identity:
             xb, yb = xb[net_order], yb[net_order]
         out = model(xb)
@@ -181,7 +227,7 @@ def train(
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
             _check_finite(model, running, it, label)
             dt = time.perf_counter() - t0
-            rate = it / dt
+            rate = (it - start) / dt
             last = curve[-1]["val_acc"] if curve else [float("nan")]
             log(
                 f"[{label}] it {it:>6}/{cfg.iterations}  loss {float(running.mean()) / since:.4f}"

@@ -10,9 +10,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="runs/init")
+    ap.add_argument("--data", default="data/prepared.pt", help="read only when rewinding to an iteration k > 0")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    rounds.init(cfg, Path(args.out))
+    rounds.init(cfg, Path(args.out), Path(args.data))
     print(f"[init] {cfg.model.name}: θ0 for seeds {rounds.trial_seeds(cfg)} -> {args.out}")
 
 

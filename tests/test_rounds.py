@@ -60,7 +60,8 @@ def fake_round(runs: Path, name: str = "r0", seed: int = 99) -> dict[str, torch.
 
 def test_init_writes_theta0_and_ones_mask(cfg, runs):
     weights, meta = artifacts.load(runs / "init" / "model.pt", "weights")
-    assert meta == {"kind": "weights", "model": MODEL, "round": "init", "seeds": [10, 11]}
+    assert len(meta.pop("params")) == 16  # digest of the params that produced it
+    assert meta == {"kind": "weights", "model": MODEL, "round": "init", "seeds": [10, 11], "iteration": 0}
     ref = models.build(MODEL, [10, 11]).state_dict()
     assert set(weights) == set(ref)
     for k in ref:

@@ -1,0 +1,19 @@
+"""The benchmark runs in quick mode and prints its table (it never asserts a speed)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_step_benchmark_prints_its_table():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_step.py"), "--quick"],
+                       capture_output=True, text=True, check=True, cwd=ROOT)
+    out = p.stdout
+    assert "matmul ceiling" in out and "GFLOP/s" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["plain"], ["ours-1"], ["ours-2"], ["ours-6"])]
+    assert [r[0] for r in rows] == ["plain", "ours-1", "ours-2", "ours-6"]
+    for r in rows:
+        assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
+    assert rows[0][4] == "1.00x"  # the plain loop is the baseline
+    assert "paper's full LeNet figure" in out and "stage start-up" in out

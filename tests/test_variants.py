@@ -1,0 +1,214 @@
+"""Pruning strategies, criteria, schedules, rewinding variants, augmentation and the paper presets."""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_repo, env_for, ran
+from lottery import artifacts, config, masks, models, pruning, rounds
+from lottery.config import TrainConfig
+from lottery.training import augment_batch, lr_at, train
+
+
+def test_global_pruning_ranks_the_pooled_layers_together():
+    score = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "b": torch.tensor([[0.5, 5.0, 6.0, 7.0, 8.0, 9.0]]),
+             "out": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
+    mask = {k: torch.ones_like(v, dtype=torch.bool) for k, v in score.items()}
+    new = pruning.prune(score, mask, {"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3)
+    # 30% of the 10 pooled weights = 3: the three lowest across a and b (0.5, 1, 2)
+    assert new["a"].tolist() == [[False, False, True, True]]
+    assert new["b"].tolist() == [[False, True, True, True, True, True]]
+    assert new["out"].tolist() == [[False, True, True, True]]  # layer-wise, 25% of 4
+    again = pruning.prune(score, new, {"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3)
+    assert sum(int(again[k].sum()) for k in ("a", "b")) == 7 - 2  # round_half_up(0.3 * 7) = 2
+    assert masks.is_subset(again, new)
+
+
+def test_conv_kinds_get_their_own_rates():
+    model = models.build("conv-2", [0])
+    kinds = models.kinds(model)
+    rates = pruning.kind_rates(kinds, {"conv": 0.1, "fc": 0.2, "output": 0.1})
+    mask = masks.ones(model, models.prunable(model))
+    w = dict(model.named_parameters())
+    new = pruning.magnitude({k: w[k] for k in mask}, mask, rates)
+    for k, m in new.items():
+        n = mask[k].numel()
+        assert int(m.sum()) == n - pruning.n_to_prune(rates[k], n), k
+
+
+def test_criteria():
+    trained = {"w": torch.tensor([[3.0, -1.0, 0.5, -4.0]])}
+    start = {"w": torch.tensor([[2.9, 0.1, 0.1, -0.5]])}
+    mask = {"w": torch.ones(1, 4, dtype=torch.bool)}
+    inc = pruning.prune(pruning.scores("magnitude_increase", trained, start), mask, {"w": 0.5})
+    assert inc["w"].tolist() == [[False, True, False, True]]  # increases 0.1, 0.9, 0.4, 3.5
+    mag = pruning.prune(pruning.scores("magnitude", trained, start), mask, {"w": 0.5})
+    assert mag["w"].tolist() == [[True, False, False, True]]
+    g = torch.Generator().manual_seed(1)
+    rnd = pruning.prune(pruning.scores("random", trained, start, g), mask, {"w": 0.5})
+    assert int(rnd["w"].sum()) == 2
+
+
+def test_oneshot_chain_and_rate():
+    assert config.chain(3, "oneshot") == {"r0": "init", "r1": "r0", "r2": "r0", "r3": "r0"}
+    assert config.chain(2) == {"r0": "init", "r1": "r0", "r2": "r1"}
+    assert 1 - pruning.oneshot_rate(0.2, 3) == pytest.approx(0.512)
+
+
+def test_lr_schedule_warmup_and_drops():
+    cfg = TrainConfig(lr=0.1, warmup=10, lr_drops=[20, 30], lr_gamma=0.5, iterations=40)
+    assert [lr_at(i, cfg) for i in (1, 5, 10, 20, 21, 30, 31)] == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def _data(n=200, d=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = x[:, :10].argmax(1)
+    return {"x_train": x, "y_train": y, "x_val": x[:40], "y_val": y[:40], "x_test": x[40:80], "y_test": y[40:80]}
+
+
+def test_schedule_resumes_at_k_bit_for_bit():
+    # Stateless SGD: k iterations, then the rest with start=k, equals one uninterrupted run.
+    cfg = TrainConfig(optimizer="sgd", lr=0.05, iterations=60, eval_every=20, batch_size=16, log_every=0,
+                      warmup=15, lr_drops=[40])
+    full = models.build("mlp-mnist1d", [7])
+    mask = masks.ones(full, models.prunable(full))
+    train(full, mask, _data(), cfg, [7], log=lambda *_: None)
+    part = models.build("mlp-mnist1d", [7])
+    train(part, mask, _data(), dataclasses.replace(cfg, iterations=25, eval_every=25), [7], log=lambda *_: None)
+    train(part, mask, _data(), cfg, [7], log=lambda *_: None, start=25)
+    for (k, a), b in zip(full.state_dict().items(), part.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _cfg(tmp_path, **over):
+    raw = {"trials": 2, "model": {"name": "mlp-mnist1d"}, "data": {"dataset": "mnist1d", "validation": 40},
+           "train": {"iterations": 40, "eval_every": 10, "batch_size": 16, "log_every": 0},
+           "prune": {"rounds": 2, "chain": config.chain(2)}}
+    for section, values in over.items():
+        raw.setdefault(section, {}).update(values)
+    return config.from_dict(raw)
+
+
+def _prepared(tmp_path):
+    from lottery.data import save_prepared
+
+    d = _data()
+    path = tmp_path / "prepared.pt"
+    save_prepared({"x_train": d["x_train"], "y_train": d["y_train"], "x_val": d["x_val"], "y_val": d["y_val"],
+                   "x_test": d["x_test"], "y_test": d["y_test"], "mean": torch.zeros(1), "std": torch.ones(1)}, path)
+    return path
+
+
+def test_rewind_to_iteration_k_restores_theta_k(tmp_path):
+    cfg = _cfg(tmp_path, rewind={"to": "iteration", "iteration": 20})
+    runs, data = tmp_path / "runs", _prepared(tmp_path)
+    rounds.init(cfg, runs / "init", data, log=lambda *_: None)
+    theta_k, meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    assert meta["iteration"] == 20
+    ref = models.build("mlp-mnist1d", [0, 1])
+    from lottery.data import load_prepared
+    train(ref, masks.ones(ref, models.prunable(ref)), load_prepared(data),
+          dataclasses.replace(cfg.train, iterations=20, eval_every=20), [0, 1], log=lambda *_: None)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(theta_k[k], v), k
+    stack = rounds.build_stack(cfg, "r0", "init", runs)
+    assert stack.start == 20
+    for k, v in stack.model.state_dict().items():
+        assert torch.equal(v, theta_k[k]), k
+    wrong = _cfg(tmp_path, rewind={"to": "iteration", "iteration": 10})
+    with pytest.raises(artifacts.ArtifactError, match="rewind point at iteration 20"):
+        rounds.build_stack(wrong, "r0", "init", runs)
+
+
+@pytest.mark.parametrize("to", ["lr", "finetune"])
+def test_lr_rewinding_and_finetuning_keep_the_trained_weights(tmp_path, to):
+    cfg = _cfg(tmp_path, rewind={"to": to})
+    runs, data = tmp_path / "runs", _prepared(tmp_path)
+    rounds.init(cfg, runs / "init")
+    rounds.run_round(cfg, "r0", "init", runs, data, log=lambda *_: None)
+    trained, _ = artifacts.load(runs / "r0" / "model.pt", "weights")
+    stack = rounds.build_stack(cfg, "r1", "r0", runs)
+    rows = stack.rows("ticket")
+    for k, v in stack.model.state_dict().items():
+        expect = trained[k] * stack.mask[k][rows] if k in stack.mask else trained[k]
+        assert torch.equal(v[rows], expect), k
+    assert stack.start == 0  # the schedule is replayed from the start
+    assert stack.constant_lr == (cfg.rewind.finetune_lr if to == "finetune" else None)
+
+
+def test_oneshot_round_prunes_the_dense_round(tmp_path):
+    cfg = config.from_dict({**dataclasses.asdict(_cfg(tmp_path)), "prune": {
+        **dataclasses.asdict(_cfg(tmp_path).prune), "schedule": "oneshot", "chain": config.chain(2, "oneshot")}})
+    runs, data = tmp_path / "runs", _prepared(tmp_path)
+    rounds.init(cfg, runs / "init")
+    rounds.run_round(cfg, "r0", "init", runs, data, log=lambda *_: None)
+    stack = rounds.build_stack(cfg, "r2", "r0", runs)
+    kept = masks.kept(stack.ticket_mask)
+    # layers of 4000, 10000 (fc, 20%) and 1000 (output, 10%), two one-shot steps' worth
+    assert [int(v[0]) for v in kept.values()] == [4000 - pruning.n_to_prune(1 - 0.8 ** 2, 4000),
+                                                  10000 - pruning.n_to_prune(1 - 0.8 ** 2, 10000),
+                                                  1000 - pruning.n_to_prune(1 - 0.9 ** 2, 1000)]
+    with pytest.raises(ValueError, match="prunes 'r0'"):
+        rounds.build_stack(cfg, "r2", "r1", runs)
+
+
+def test_augmentation_is_a_padded_crop_or_flip():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    again = augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(2):
+        candidates = [img[:, dy:dy + 32, dx:dx + 32] for img in (padded[i], padded[i].flip(-1))
+                      for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], c) for c in candidates)
+
+
+# --- presets end to end ---------------------------------------------------------------
+
+def write_cifar(root, n_per_batch=12, n_test=12):
+    """CIFAR-10's python format: data_batch_1..5 and test_batch pickles of uint8 rows."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", n_per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(d))
+
+
+def write_idx(folder, n_train=80, n_test=20):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        head = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        (folder / f"{stem}-images-idx3-ubyte.gz").write_bytes(gzip.compress(head + imgs.tobytes()))
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (folder / f"{stem}-labels-idx1-ubyte.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.tobytes()))
+
+
+def test_every_preset_runs_one_short_round_through_dvc(tmp_path):
+    repo = make_repo(tmp_path / "repo", env_for(tmp_path), {"trials": 1, "prune": {"rounds": 1}})
+    write_cifar(repo.path / "data" / "raw")
+    write_idx(repo.path / "data" / "raw" / "mnist")
+    # data/raw is git-ignored: `dvc exp run` (not --temp) runs in this workspace, which has them
+    short = ["-S", "train.iterations=4", "-S", "train.eval_every=2", "-S", "train.warmup=0", "-S", "train.lr_drops=[]",
+             "-S", "train.batch_size=8", "-S", "data.validation=10", "-S", "prune.rounds=1", "-S", "trials=1"]
+    for preset, model in [("lenet", "lenet-300-100"), ("conv2", "conv-2"), ("conv4", "conv-4"), ("conv6", "conv-6"),
+                          ("vgg19", "vgg-19"), ("resnet20", "resnet-20")]:
+        out = repo.dvc("exp", "run", "-n", preset, "-S", f"experiment={preset}", *short, "round@r1").stdout
+        assert "round@r1" in ran(out), out
+        assert repo.params()["model"]["name"] == model
+        assert (repo.path / "runs/r1/metrics.json").exists()
+    rows = repo.dvc("exp", "show", "--csv").stdout
+    for preset in ("lenet", "conv2", "conv4", "conv6", "vgg19", "resnet20"):
+        assert preset in rows
+    bad = repo.dvc("exp", "run", "-S", "experiment=alexnet", check=False)
+    assert bad.returncode != 0 and "alexnet" in (bad.stderr + bad.stdout)
