@@ -8,6 +8,7 @@ The test set is only evaluated on the weights chosen by validation and on the fi
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,15 @@ def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[in
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, cuda or auto. On CUDA, deterministic kernels are switched on (same bytes per rerun)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)  # max-pool backward has no deterministic CUDA kernel
+        torch.backends.cudnn.benchmark = False
     return torch.device(name)
 
 

@@ -362,3 +362,18 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["x.pt"]
     tensors, meta = artifacts.load(path, "mask")
     assert torch.equal(tensors["w"], torch.zeros(2)) and meta == {"kind": "mask"}
+
+
+def test_save_time_invariants_catch_revived_weights_wrong_counts_and_nonzero_pruned():
+    old = {"w": torch.tensor([[True, True, False, True]])}
+    revived = {"w": torch.tensor([[True, False, True, False]])}
+    with pytest.raises(artifacts.ArtifactError, match="revived"):
+        rounds._check_planned(revived, old, {"w": 0.5})
+    as_planned = {"w": torch.tensor([[True, False, False, False]])}
+    rounds._check_planned(as_planned, old, {"w": 0.5})  # round_half_up(0.5 * 3) = 2 pruned: 1 kept
+    with pytest.raises(artifacts.ArtifactError, match="kept 2 weights, planned 1"):
+        rounds._check_planned({"w": torch.tensor([[True, True, False, False]])}, old, {"w": 0.5})
+    weights = {"w": torch.tensor([[0.5, 0.0, 0.3, 0.0]])}
+    with pytest.raises(artifacts.ArtifactError, match="not zero"):
+        rounds._check_saved(weights, {"w": torch.tensor([[True, False, False, False]])}, "r1")
+    rounds._check_saved(weights, {"w": torch.tensor([[True, False, True, False]])}, "r1")
