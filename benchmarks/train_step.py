@@ -124,8 +124,40 @@ def case_startup() -> dict:
     return {"import_torch_s": t_torch, "import_lottery_after_torch_s": time.perf_counter() - t}
 
 
+def case_dvc_stage() -> dict:
+    """DVC's cost per executed stage: `dvc repro -f -s round@r1` of a tiny round, wall time vs training."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        for f in ["dvc.yaml", "conf", "hydra_plugins", "stages", "lottery", ".dvc/config", ".dvcignore", ".gitignore"]:
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (root / f).is_dir() else shutil.copy2)(root / f, repo / f)
+        env["DVC_SITE_CACHE_DIR"] = str(repo / ".site-cache")
+        run = lambda *cmd: subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=True).stdout  # noqa: E731
+        run(sys.executable, "-m", "lottery.params", "data.dataset=mnist1d", "data.validation=500", "model.name=mlp-mnist1d",
+            "prune.rounds=1", "train.iterations=100", "train.eval_every=50")
+        run("git", "init", "-q")
+        run(sys.executable, "-m", "dvc", "repro")
+        t = time.perf_counter()
+        out = run(sys.executable, "-m", "dvc", "repro", "-f", "-s", "round@r1")
+        wall = time.perf_counter() - t
+    startup = float(re.search(r"start-up ([0-9.]+)s", out).group(1))
+    trained = float(re.search(r"trained in ([0-9.]+)s", out).group(1))
+    return {"wall_s": wall, "startup_s": startup, "trained_s": trained}
+
+
 def child(name: str, iters: int) -> dict:
-    fn = {"ceiling": lambda: case_ceiling(iters), "plain": lambda: case_plain(iters), "startup": case_startup}
+    fn = {"ceiling": lambda: case_ceiling(iters), "plain": lambda: case_plain(iters), "startup": case_startup,
+          "dvc-stage": case_dvc_stage}
     out = fn[name]() if name in fn else case_ours(iters, int(name.split("-")[1]))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -142,7 +174,7 @@ def main() -> None:
         print(json.dumps(child(args.child, iters)))
         return
     res = {}
-    for name in ["ceiling", "plain", "ours-1", "ours-2", "ours-6", "ours-10", "startup"]:
+    for name in ["ceiling", "plain", "ours-1", "ours-2", "ours-6", "ours-10", "startup"] + ([] if args.quick else ["dvc-stage"]):
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         p = subprocess.run([sys.executable, __file__, "--child", name, "--iterations", str(iters)],
                            capture_output=True, text=True, check=True)
@@ -157,6 +189,11 @@ def main() -> None:
         print(f"{name:<10} {r['networks']:>8} {rate:>9.0f} {100 * rate / ceil:>8.1f}% {rate / plain:>7.2f}x {r['peak_rss_mb']:>8.0f}")
     s = res["startup"]
     print(f"stage start-up: import torch {s['import_torch_s']:.2f}s, then lottery {s['import_lottery_after_torch_s']:.2f}s")
+    if "dvc-stage" in res:
+        d = res["dvc-stage"]
+        print(f"one executed DVC stage (tiny round): {d['wall_s']:.2f}s wall = {d['startup_s']:.2f}s stage start-up to the "
+              f"first iteration + {d['trained_s']:.2f}s training + {d['wall_s'] - d['startup_s'] - d['trained_s']:.2f}s "
+              "DVC and writing outputs")
     # The figure's rounds train 5 trials x (ticket + reinit) = 10 networks as one stack.
     best = res["ours-10"]["it_s"] * 10
     hours = 21 * 10 * 50000 / best / 3600

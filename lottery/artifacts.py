@@ -30,7 +30,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    atomic_save({"meta": meta, "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()}}, path)
+    """Tensors plus metadata (kind, model, round, seeds, params digest, ...) and every tensor's shape."""
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    atomic_save({"meta": {**meta, "shapes": shapes},
+                 "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()}}, path)
 
 
 def load(path: Path, kind: str, expect: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -43,6 +46,9 @@ def load(path: Path, kind: str, expect: dict[str, Any] | None = None) -> tuple[d
         meta, tensors = obj["meta"], obj["tensors"]
     except Exception as e:
         raise ArtifactError(f"{path}: corrupt or truncated ({type(e).__name__}: {e}); `dvc repro -f` the stage that writes it") from None
+    shapes = meta.pop("shapes", None)
+    if shapes is not None and shapes != {k: list(v.shape) for k, v in tensors.items()}:
+        raise ArtifactError(f"{path}: tensors do not match the shapes recorded in its metadata")
     if meta.get("kind") != kind:
         raise ArtifactError(f"{path}: holds a {meta.get('kind')!r} artifact, expected {kind!r}")
     for key, want in (expect or {}).items():

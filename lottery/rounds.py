@@ -158,7 +158,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
 
 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
-              resume_dir: Path | None = None) -> dict:
+              resume_dir: Path | None = None, started: float | None = None) -> dict:
     stack = build_stack(cfg, name, prev, runs)
     model, mask, variants, names = stack.model, stack.mask, stack.variants, stack.names
     init_seeds, mask_seeds, ticket_mask = stack.init_seeds, stack.mask_seeds, stack.ticket_mask
@@ -172,6 +172,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     log(f"[{name}] {len(variants) * n_t} networks ({', '.join(variants)} x {n_t} trials), "
         f"{float(masks.percent_remaining(ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
+    if started is not None:
+        log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
     result = train(model, dev_mask, data, cfg.train, order_seeds=seeds * len(variants), label=name, log=log,
                    resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds,
                    start=stack.start, constant_lr=stack.constant_lr, augment=cfg.data.augment)

@@ -1,9 +1,13 @@
 """round: prune the previous round's ticket, rewind to θ0, train ticket and controls -> runs/<round>/."""
-import argparse
+import time
+
+STARTED = time.perf_counter()  # before `import torch`: the stage's start-up is logged
+
+import argparse  # noqa: E402
 from pathlib import Path
 
-from lottery import config, rounds
-from lottery.cli import run
+from lottery import config, rounds  # noqa: E402
+from lottery.cli import run  # noqa: E402
 
 
 def main() -> None:
@@ -17,7 +21,8 @@ def main() -> None:
                     help="undeclared scratch folder for periodic resume points (deleted on success)")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir))
+    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir),
+                     started=STARTED)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def test_every_preset_runs_one_short_round_through_dvc(tmp_path):
     write_idx(repo.path / "data" / "raw" / "mnist")
     # data/raw is git-ignored: `dvc exp run` (not --temp) runs in this workspace, which has them
     short = ["-S", "train.iterations=4", "-S", "train.eval_every=2", "-S", "train.warmup=0", "-S", "train.lr_drops=[]",
-             "-S", "train.batch_size=8", "-S", "data.validation=10", "-S", "prune.rounds=1", "-S", "trials=1"]
+             "-S", "train.batch_size=8", "-S", "data.validation=10", "-S", "prune.rounds=1", "-S", "trials=1",
+             "-S", "controls=[]"]
     for preset, model in [("lenet", "lenet-300-100"), ("conv2", "conv-2"), ("conv4", "conv-4"), ("conv6", "conv-6"),
                           ("vgg19", "vgg-19"), ("resnet20", "resnet-20")]:
         out = repo.dvc("exp", "run", "-n", preset, "-S", f"experiment={preset}", *short, "round@r1").stdout

@@ -1,0 +1,27 @@
+"""The committed params.yaml is exactly what conf/ composes to (what `dvc exp run` would write)."""
+import shutil
+from pathlib import Path
+
+import yaml
+
+from lottery import config
+from lottery.params import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_match_conf(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")
+    composed = yaml.safe_load(compose([], tmp_path).read_text())
+    assert composed == yaml.safe_load((ROOT / "params.yaml").read_text()), "run `make params` and commit params.yaml"
+    cfg = config.load(ROOT / "params.yaml")
+    assert cfg.prune.chain == config.chain(cfg.prune.rounds)
+
+
+def test_every_preset_composes_to_valid_params(tmp_path):
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")
+    for preset in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        cfg = config.load(compose([f"experiment={preset}"], tmp_path))
+        assert cfg.model.name in config.MODELS, preset
