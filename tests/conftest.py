@@ -96,6 +96,18 @@ def make_repo(path: Path, env: dict, overrides: dict) -> Repo:
     return repo
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """In-process tests use small tensors: intra-op threads only add synchronisation cost
+    (and stall badly when the machine is busy). Stage subprocesses keep torch's default."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def template(tmp_path_factory) -> Repo:
     """A tiny experiment, reproduced once and committed."""

@@ -35,12 +35,6 @@ COUNTS = {
 PAPER = {"lenet-300-100": "266K", "conv-2": "4.3M", "conv-4": "2.4M", "vgg-19": "20.0M", "resnet-20": "271K"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def n_prunable(model: nn.Module) -> int:

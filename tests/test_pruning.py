@@ -9,13 +9,6 @@ import torch
 
 from lottery import masks, models, pruning
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: intra-op threads only add synchronisation cost (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 LENET_SIZES = {"layers.0.weight": 784 * 300, "layers.1.weight": 300 * 100, "layers.2.weight": 100 * 10}
