@@ -24,13 +24,6 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def _experiments() -> dict[str, str]:
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        return {e: e for e in repo.experiments.ls(all_commits=True) for e in [e] if isinstance(e, str)}
-
-
 def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
     import dvc.api
     from dvc.scm import RevError

@@ -31,10 +31,6 @@ def percent_remaining(mask: Mask) -> torch.Tensor:
     return sum(kept(mask).values()).double() * 100.0 / total
 
 
-def select(mask: Mask, index: list[int] | torch.Tensor) -> Mask:
-    return {k: m[index] for k, m in mask.items()}
-
-
 def is_subset(new: Mask, old: Mask) -> bool:
     """Every weight kept in `new` was kept in `old` (masks only shrink)."""
     return all(not (new[k] & ~old[k]).any() for k in new)

@@ -231,7 +231,8 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
     path.write_text("\n".join(lines) + "\n")
 
 
-def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> dict:
+def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tuple[dict, pd.DataFrame]:
+    """Everything under metrics/; returns the headline numbers and the tidy table."""
     out.mkdir(parents=True, exist_ok=True)
     df, curves = collect(runs, round_names)
     df.to_csv(out / "rounds.csv", index=False)
@@ -246,7 +247,7 @@ def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> di
     images.append(first_layer_image(next(iter(first.values())), f"{last}: first-layer weights kept per input",
                                     out / "mask_first_layer.png"))
     report(summary, df, tolerance, images, out / "report.md")
-    return summary
+    return summary, df
 
 
 def format_table(df: pd.DataFrame) -> str:

@@ -14,8 +14,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config.load(args.params)
     names = list(cfg.prune.chain)
-    result = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
-    df, _ = summary.collect(Path(args.runs), names)
+    result, df = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
     print(summary.format_table(df))
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
     best = summary.winning_round(df, cfg.summary.tolerance)

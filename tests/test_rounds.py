@@ -269,20 +269,12 @@ def test_no_controls_configured(runs):
 # ---------------------------------------------------------------- broken artifacts
 
 
-def test_truncated_mask_raises_naming_the_file(cfg, runs):
+@pytest.mark.parametrize("name, keep", [("mask.pt", lambda n: n // 2), ("model.pt", lambda n: 100)])
+def test_truncated_artifact_raises_naming_the_file(cfg, runs, name, keep):
     fake_round(runs, "r0")
-    path = runs / "r0" / "mask.pt"
+    path = runs / "r0" / name
     blob = path.read_bytes()
-    path.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(ArtifactError) as e:
-        rounds.build_stack(cfg, "r1", "r0", runs)
-    assert str(path) in str(e.value)
-
-
-def test_truncated_model_raises_naming_the_file(cfg, runs):
-    fake_round(runs, "r0")
-    path = runs / "r0" / "model.pt"
-    path.write_bytes(path.read_bytes()[:100])
+    path.write_bytes(blob[: keep(len(blob))])
     with pytest.raises(ArtifactError) as e:
         rounds.build_stack(cfg, "r1", "r0", runs)
     assert str(path) in str(e.value)
