@@ -5,10 +5,12 @@ LeNet-300-100, batch 60, Adam 1.2e-3, masks re-applied after every step, data in
   plain    a plain PyTorch loop (nn.Sequential, torch.optim.Adam, one network)
   ours N   lottery.training.train on a stack of N networks (the round stage's path;
            6 = the default round, 10 = the paper's figure: 5 trials x ticket + reinit)
+  ours-10-bf16   the same with `train.precision: bfloat16` (autocast matmuls)
+  on CUDA also: ours-10-eager (no CUDA graph) and ours-100
 Each case runs in its own process (peak RSS per case) and reports the best of 3 timed
 repeats after a warm-up. Prints ratios, never asserts speed.
 
-    python benchmarks/train_step.py [--quick] [--iterations N]
+    python benchmarks/train_step.py [--quick] [--iterations N] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -23,12 +25,24 @@ SHAPES = [(784, 300), (300, 100), (100, 10)]
 BATCH = 60
 
 
+DEVICE = "cpu"  # set from --device
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Fastest of a few timed repeats: the least disturbed by other work on the machine."""
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -44,9 +58,9 @@ def flops_per_iteration() -> float:
 def case_ceiling(iters: int) -> dict:
     import torch
 
-    x = [torch.randn(BATCH, i) for i, _ in SHAPES]
-    w = [torch.randn(o, i) for i, o in SHAPES]
-    d = [torch.randn(BATCH, o) for _, o in SHAPES]
+    x = [torch.randn(BATCH, i, device=DEVICE) for i, _ in SHAPES]
+    w = [torch.randn(o, i, device=DEVICE) for i, o in SHAPES]
+    d = [torch.randn(BATCH, o, device=DEVICE) for _, o in SHAPES]
     def step():
         for j in range(3):
             x[j] @ w[j].t()
@@ -63,7 +77,7 @@ def _data(n=55000):
     import torch
 
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.randn(n, 1, 28, 28, generator=g).to(DEVICE), torch.randint(0, 10, (n,), generator=g).to(DEVICE)
 
 
 def case_plain(iters: int) -> dict:
@@ -74,13 +88,14 @@ def case_plain(iters: int) -> dict:
     x, y = _data()
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    net.to(DEVICE)
     masks = {p: (torch.rand_like(p) > 0.5).float() for n, p in net.named_parameters() if n.endswith("weight")}
     opt = torch.optim.Adam(net.parameters(), lr=1.2e-3)
-    perm, pos = torch.randperm(len(y)), 0
+    perm, pos = torch.randperm(len(y), device=DEVICE), 0
     def step():
         nonlocal perm, pos
         if pos + BATCH > len(y):
-            perm, pos = torch.randperm(len(y)), 0
+            perm, pos = torch.randperm(len(y), device=DEVICE), 0
         idx = perm[pos : pos + BATCH]
         pos += BATCH
         loss = F.cross_entropy(net(x[idx]), y[idx])
@@ -95,20 +110,23 @@ def case_plain(iters: int) -> dict:
     return {"it_s": iters / best_of(lambda: [step() for _ in range(iters)]), "networks": 1}
 
 
-def case_ours(iters: int, n: int) -> dict:
+def case_ours(iters: int, n: int, precision: str = "float32", cuda_graph: bool = True) -> dict:
     import torch
 
     from lottery import masks, models
     from lottery.config import TrainConfig
-    from lottery.training import train
+    from lottery.training import resolve_device, train
 
+    resolve_device(DEVICE, precision)
     x, y = _data()
     data = {"x_train": x, "y_train": y, "x_val": x[:10], "y_val": y[:10], "x_test": x[:10], "y_test": y[:10]}
-    model = models.build("lenet-300-100", list(range(n)))
-    mask = {k: torch.rand(v.shape) > 0.5 for k, v in masks.ones(model, models.prunable(model)).items()}
-    cfg = TrainConfig(iterations=iters, eval_every=10**9, log_every=0)
-    train(model, mask, data, TrainConfig(iterations=50, eval_every=10**9, log_every=0), list(range(n)), log=lambda *_: None)
-    dt = best_of(lambda: train(model, mask, data, cfg, list(range(n)), log=lambda *_: None))
+    model = models.build("lenet-300-100", list(range(n))).to(DEVICE)
+    mask = {k: torch.rand(v.shape, device=DEVICE) > 0.5 for k, v in masks.ones(model, models.prunable(model)).items()}
+    cfg = TrainConfig(iterations=iters, eval_every=10**9, log_every=0, precision=precision)
+    quiet = lambda *_: None  # noqa: E731
+    train(model, mask, data, TrainConfig(iterations=50, eval_every=10**9, log_every=0, precision=precision),
+          list(range(n)), log=quiet, cuda_graph=cuda_graph)
+    dt = best_of(lambda: train(model, mask, data, cfg, list(range(n)), log=quiet, cuda_graph=cuda_graph))
     return {"it_s": iters / dt, "networks": n}
 
 
@@ -157,9 +175,15 @@ def case_dvc_stage() -> dict:
 
 def child(name: str, iters: int) -> dict:
     fn = {"ceiling": lambda: case_ceiling(iters), "plain": lambda: case_plain(iters), "startup": case_startup,
-          "dvc-stage": case_dvc_stage}
+          "dvc-stage": case_dvc_stage,
+          "ours-10-bf16": lambda: case_ours(iters, 10, precision="bfloat16"),
+          "ours-10-eager": lambda: case_ours(iters, 10, cuda_graph=False)}
     out = fn[name]() if name in fn else case_ours(iters, int(name.split("-")[1]))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE == "cuda":
+        import torch
+
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -167,26 +191,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few iterations: checks the table is produced")
     ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     iters = 30 if args.quick else args.iterations
     if args.child:
         print(json.dumps(child(args.child, iters)))
         return
+    rows = ["plain", "ours-1", "ours-2", "ours-6", "ours-10", "ours-10-bf16"]
+    if DEVICE == "cuda":
+        rows += ["ours-10-eager", "ours-100"]
+    extra = [] if args.quick or DEVICE == "cuda" else ["dvc-stage"]  # DVC runs stages on the CPU machine
     res = {}
-    for name in ["ceiling", "plain", "ours-1", "ours-2", "ours-6", "ours-10", "startup"] + ([] if args.quick else ["dvc-stage"]):
+    for name in ["ceiling", *rows, "startup", *extra]:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        p = subprocess.run([sys.executable, __file__, "--child", name, "--iterations", str(iters)],
-                           capture_output=True, text=True, check=True)
+        p = subprocess.run([sys.executable, __file__, "--child", name, "--iterations", str(iters), "--device", DEVICE],
+                           capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"case {name} failed:\n{p.stderr}")
         res[name] = json.loads(p.stdout.strip().splitlines()[-1])
     ceil, plain = res["ceiling"]["it_s"], res["plain"]["it_s"]
-    print(f"\nLeNet-300-100, batch {BATCH}, Adam, masked; {iters} iterations per case; "
+    where = "CPU" if DEVICE == "cpu" else torch_device_name()
+    print(f"\nLeNet-300-100, batch {BATCH}, Adam, masked, on {where}; {iters} iterations per case; "
           f"matmul ceiling {res['ceiling']['gflops']:.1f} GFLOP/s = {ceil:.0f} it/s")
-    print(f"{'case':<10} {'networks':>8} {'net-it/s':>9} {'% ceiling':>9} {'x plain':>8} {'peak MB':>8}")
-    for name in ["plain", "ours-1", "ours-2", "ours-6", "ours-10"]:
+    gpu = " peak GPU MB" if DEVICE == "cuda" else ""
+    print(f"{'case':<13} {'networks':>8} {'net-it/s':>9} {'% ceiling':>9} {'x plain':>8} {'peak MB':>8}{gpu}")
+    for name in rows:
         r = res[name]
         rate = r["it_s"] * r["networks"]
-        print(f"{name:<10} {r['networks']:>8} {rate:>9.0f} {100 * rate / ceil:>8.1f}% {rate / plain:>7.2f}x {r['peak_rss_mb']:>8.0f}")
+        mem = f" {r['peak_gpu_mb']:>11.0f}" if DEVICE == "cuda" else ""
+        print(f"{name:<13} {r['networks']:>8} {rate:>9.0f} {100 * rate / ceil:>8.1f}% {rate / plain:>7.2f}x "
+              f"{r['peak_rss_mb']:>8.0f}{mem}")
     s = res["startup"]
     print(f"stage start-up: import torch {s['import_torch_s']:.2f}s, then lottery {s['import_lottery_after_torch_s']:.2f}s")
     if "dvc-stage" in res:
@@ -199,6 +236,14 @@ def main() -> None:
     hours = 21 * 10 * 50000 / best / 3600
     print(f"paper's full LeNet figure (r0..r20 x 5 trials x ticket+reinit x 50K it, 10-network stacks) "
           f"at {best:.0f} net-it/s: {hours:.1f} h of training")
+    matmul_hours = 21 * 10 * 50000 * flops_per_iteration() / (res["ceiling"]["gflops"] * 1e9) / 3600
+    print(f"  (its matmuls alone at this run's ceiling: {matmul_hours:.1f} h)")
+
+
+def torch_device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
 CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,8 @@ class TrainConfig:
     iterations: int = _help("training iterations per round", 3000)
     eval_every: int = _help("validation every N iterations (early-stop resolution)", 100)
     device: str = _help("cpu, cuda or auto (cuda when present)", "cpu")
+    precision: str = _help("float32; tf32 (CUDA tensor cores for float32 matmuls); bfloat16 (autocast matmuls and "
+                           "convolutions; weights, optimizer and masks stay float32)", "float32")
     warmup: int = _help("linear learning-rate warm-up over the first N iterations (0 = none)", 0)
     lr_drops: list[int] = _help("iterations at which the learning rate is multiplied by lr_gamma", [])
     lr_gamma: float = _help("factor of each learning-rate drop", 0.1)
@@ -235,6 +238,7 @@ def validate(cfg: Config) -> Config:
     _check(t.lr_drops == sorted(set(t.lr_drops)), "train.lr_drops", t.lr_drops, "increasing iterations")
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a number in (0, 1]")
     _check(t.device in DEVICES, "train.device", t.device, "one of " + ", ".join(DEVICES))
+    _check(t.precision in PRECISIONS, "train.precision", t.precision, "one of " + ", ".join(PRECISIONS))
     p = cfg.prune
     _check(p.strategy in STRATEGIES, "prune.strategy", p.strategy, "one of " + ", ".join(STRATEGIES))
     _check(0 < p.rate < 1, "prune.rate", p.rate, "a number in (0, 1)")

@@ -57,7 +57,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     mask = masks.ones(model, names)
     k = cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
     if k:
-        device = resolve_device(cfg.train.device)
+        device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device)
         model.to(device)
         log(f"[init] training {len(seeds)} dense network(s) to iteration {k} (the rewind point θk)")
@@ -165,7 +165,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     seeds, k = trial_seeds(cfg), round_index(name)
     n_t = len(seeds)
 
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device)
     model.to(device)
     dev_mask = {key: m.to(device) for key, m in mask.items()}

@@ -129,6 +129,7 @@ MALFORMED = [
     ("weight-decay-negative", _set("train.weight_decay", -1e-4), "train.weight_decay"),
     ("optimizer-unknown", _set("train.optimizer", "rmsprop"), "train.optimizer"),
     ("device-tpu", _set("train.device", "tpu"), "train.device"),
+    ("precision-fp16", _set("train.precision", "float16"), "train.precision"),
     ("dataset-unknown", _set("data.dataset", "cifar100"), "data.dataset"),
     ("validation-zero", _set("data.validation", 0), "data.validation"),
     ("validation-bool", _set("data.validation", True), "data.validation"),

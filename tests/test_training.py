@@ -193,6 +193,27 @@ def test_resolve_device_cpu():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+def test_tf32_on_cpu_raises_naming_precision():
+    with pytest.raises(ConfigError, match=r"train.precision: 'tf32' is not allowed on cpu"):
+        resolve_device("cpu", "tf32")
+
+
+def test_bfloat16_trains_in_bfloat16_and_keeps_float32_masked_weights():
+    data = synthetic_data()
+    results, weights = {}, {}
+    for precision in ("float32", "bfloat16"):
+        model = models.build(MODEL, [0, 1])
+        mask = half_mask(model)
+        results[precision] = train(model, mask, data, cfg(precision=precision), order_seeds=[0, 1], log=silent)
+        weights[precision] = model.state_dict()["layers.0.weight"]
+        assert weights[precision].dtype == torch.float32
+        assert (weights[precision][~mask["layers.0.weight"]] == 0).all()
+    # bfloat16 matmuls really ran (other weights), and learned as well (within 10 pp; chance is 10%)
+    assert not torch.allclose(weights["float32"], weights["bfloat16"], atol=1e-4)
+    for a, b in zip(results["float32"].final_test_accuracy, results["bfloat16"].final_test_accuracy):
+        assert b > 0.3 and abs(a - b) < 0.1
+
+
 def test_batch_size_larger_than_training_set_raises():
     model = models.build(MODEL, [0])
     with pytest.raises(ConfigError, match="train.batch_size"):
@@ -229,3 +250,53 @@ def test_log_every_prints_progress_lines():
           log_every=10), order_seeds=[0], label="rX", log=lines.append)
     assert len(lines) == 3
     assert all(line.startswith("[rX] it ") for line in lines)
+
+
+# ---------------------------------------------------------------- CUDA (run where a GPU is present)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _train_on(device: str, seeds, order_seeds, train_cfg, cuda_graph=True, mask=None):
+    dev = resolve_device(device, train_cfg.precision)
+    data = {k: v.to(dev) for k, v in synthetic_data().items()}
+    model = models.build(MODEL, seeds)
+    mask = half_mask(model, seed=42) if mask is None else mask
+    model.to(dev)
+    res = train(model, {k: m.to(dev) for k, m in mask.items()}, data, train_cfg, order_seeds=order_seeds,
+                log=silent, cuda_graph=cuda_graph)
+    return res, {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+@cuda
+@pytest.mark.parametrize("train_cfg", [dict(), dict(optimizer="sgd", lr=0.05, momentum=0.9, warmup=20, lr_drops=[100])],
+                         ids=["adam", "sgd-schedule"])
+def test_cuda_graph_replay_equals_eager_steps_bit_for_bit(train_cfg):
+    c = cfg(iterations=150, eval_every=25, **train_cfg)
+    graph, eager = (_train_on("cuda", [0, 1, 2], [0, 1, 0], c, cuda_graph=g) for g in (True, False))
+    assert graph[0] == eager[0]
+    for k, v in graph[1].items():
+        assert torch.equal(v, eager[1][k]), k
+
+
+@cuda
+def test_cuda_matches_cpu_and_stacked_matches_one_by_one():
+    # Different kernels round differently and Adam amplifies it, so: the same weights pruned
+    # (exactly zero), weights within 1% (relative norm), and the same accuracies within 5 pp.
+    c = cfg(iterations=150, eval_every=25)
+    res, sd = _train_on("cuda", [0, 1, 2], [0, 1, 2], c)
+    cpu_res, cpu_sd = _train_on("cpu", [0, 1, 2], [0, 1, 2], c)
+
+    def close(a, b):
+        return (a.double() - b.double()).norm() <= 0.01 * b.double().norm()
+
+    for k, v in sd.items():
+        assert close(v, cpu_sd[k]), k
+        assert torch.equal(v == 0, cpu_sd[k] == 0) or "bias" in k, k
+    for a, b in zip(res.final_test_accuracy, cpu_res.final_test_accuracy):
+        assert abs(a - b) <= 0.05
+    stack_mask = half_mask(models.build(MODEL, [0, 1, 2]), seed=42)
+    for i, s in enumerate([0, 1, 2]):
+        _, alone = _train_on("cuda", [s], [s], c, mask={k: m[i : i + 1].clone() for k, m in stack_mask.items()})
+        for k, v in alone.items():
+            assert close(sd[k][i : i + 1], v), (s, k)
