@@ -11,8 +11,9 @@ def test_train_step_benchmark_prints_its_table():
                        capture_output=True, text=True, check=True, cwd=ROOT)
     out = p.stdout
     assert "matmul ceiling" in out and "GFLOP/s" in out
-    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["plain"], ["ours-1"], ["ours-2"], ["ours-6"], ["ours-10"])]
-    assert [r[0] for r in rows] == ["plain", "ours-1", "ours-2", "ours-6", "ours-10"]
+    names = ["plain", "ours-1", "ours-2", "ours-6", "ours-10", "ours-10-bf16"]
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in [[n] for n in names]]
+    assert [r[0] for r in rows] == names
     for r in rows:
         assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
     assert rows[0][4] == "1.00x"  # the plain loop is the baseline

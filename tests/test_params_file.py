@@ -25,3 +25,13 @@ def test_every_preset_composes_to_valid_params(tmp_path):
     for preset in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
         cfg = config.load(compose([f"experiment={preset}"], tmp_path))
         assert cfg.model.name in config.MODELS, preset
+
+
+def test_round_stage_lists_every_train_key_that_changes_results():
+    # A train key missing from the stage's params would let `dvc exp run -S train.<key>=...`
+    # restore stale rounds from the cache. Only logging and resume cadence are left out.
+    import dataclasses
+
+    listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["round"]["do"]["params"])
+    keys = {f"train.{f.name}" for f in dataclasses.fields(config.TrainConfig)}
+    assert keys - listed == {"train.log_every", "train.checkpoint_seconds"}
