@@ -152,15 +152,10 @@ class MLP(nn.Module):
 
     def __init__(self, n: int, sizes: list[int]):
         super().__init__()
-        self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = _fc_stack(n, sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(2)
-        for j, layer in enumerate(self.layers):
-            x = layer(x)
-            if j < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x
+        return _fc_forward(self.layers, x.flatten(2))
 
     def init_(self, i: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
@@ -170,6 +165,29 @@ class MLP(nn.Module):
 
 def _fc_stack(n: int, sizes: list[int]) -> nn.ModuleList:
     return nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _fc_forward(layers: nn.ModuleList, x: torch.Tensor, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """ReLU (and dropout, if any) after every layer but the output layer."""
+    for j, layer in enumerate(layers):
+        x = layer(x)
+        if j < len(layers) - 1:
+            x = torch.relu(x)
+            if dropout:
+                x = F.dropout(x, dropout, training)
+    return x
+
+
+def _conv_plan(x: torch.Tensor, plan: list, block) -> torch.Tensor:
+    """Run a VGG-style plan: 'M' = 2x2 max-pool, a number = the next conv block, `block(j, x)`."""
+    j = 0
+    for spec in plan:
+        if spec == "M":
+            x = F.max_pool2d(x, 2)
+        else:
+            x = block(j, x)
+            j += 1
+    return x
 
 
 class ConvNet(nn.Module):
@@ -189,21 +207,8 @@ class ConvNet(nn.Module):
         self.fcs = _fc_stack(n, [c * hw * hw, *fc])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, j = to_grouped(x, self.n, self.shape), 0
-        for spec in self.plan:
-            if spec == "M":
-                x = F.max_pool2d(x, 2)
-            else:
-                x = torch.relu(self.convs[j](x))
-                j += 1
-        x = from_grouped(x, self.n)
-        for j, layer in enumerate(self.fcs):
-            x = layer(x)
-            if j < len(self.fcs) - 1:
-                x = torch.relu(x)
-                if self.dropout:
-                    x = F.dropout(x, self.dropout, self.training)
-        return x
+        x = _conv_plan(to_grouped(x, self.n, self.shape), self.plan, lambda j, x: torch.relu(self.convs[j](x)))
+        return _fc_forward(self.fcs, from_grouped(x, self.n), self.dropout, self.training)
 
     def init_(self, i: int, seed: int) -> None:
         _init(self, i, seed, "glorot")
@@ -225,13 +230,8 @@ class VGG(nn.Module):
         self.fc = StackedLinear(n, c, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, j = to_grouped(x, self.n, self.shape), 0
-        for spec in self.plan:
-            if spec == "M":
-                x = F.max_pool2d(x, 2)
-            else:
-                x = torch.relu(self.bns[j](self.convs[j](x)))
-                j += 1
+        x = _conv_plan(to_grouped(x, self.n, self.shape), self.plan,
+                       lambda j, x: torch.relu(self.bns[j](self.convs[j](x))))
         x = x.mean((2, 3))  # the final 2x2 -> 1x1 average pool (open_lth: AvgPool2d(2))
         return self.fc(from_grouped(x, self.n))
 

@@ -45,6 +45,11 @@ def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
+def rewind_point(cfg: Config) -> int:
+    """k of θk, the iteration rounds rewind to (0 = θ0)."""
+    return cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
+
+
 def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> None:
     """The rewind point of every trial and the all-ones mask of the dense round.
 
@@ -55,7 +60,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     model = models.build(cfg.model.name, seeds)
     names = models.prunable(model)
     mask = masks.ones(model, names)
-    k = cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
+    k = rewind_point(cfg)
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device)
@@ -110,7 +115,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     names, kinds = models.prunable(one), models.kinds(one)
 
     theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
-    want_k = cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
+    want_k = rewind_point(cfg)
     if init_meta.get("iteration", 0) != want_k:
         raise ArtifactError(f"{runs / 'init' / 'model.pt'}: rewind point at iteration {init_meta.get('iteration', 0)}, "
                             f"rewind.iteration asks for {want_k}; `dvc repro init`")

@@ -251,10 +251,13 @@ def train(
     running, since = torch.zeros(n_nets, device=device), 0
     scratch = resume_dir / f"{_digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment))}.pt" if resume_dir else None
     first, last_save = start + 1, time.monotonic()
+
+    def epoch() -> torch.Tensor:  # a new permutation for every data order
+        return torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
+
     for it in range(1, start + 1):  # replay the data orders (and augmentation draws) of iterations 1..k
         if pos + bs > n_train:
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
-            pos = 0
+            perms, pos = epoch(), 0
         pos += bs
         if augment:
             for g in gens:
@@ -301,9 +304,8 @@ def train(
     graph = idx_buf = None
     side = torch.cuda.Stream() if use_graph else None
     for it in range(first, cfg.iterations + 1):
-        if pos + bs > n_train:  # a new epoch for every data order
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
-            pos = 0
+        if pos + bs > n_train:
+            perms, pos = epoch(), 0
         idx = perms[:, pos : pos + bs]
         pos += bs
         if scheduled:
