@@ -1,7 +1,7 @@
 """The training loop: a stack of masked networks trained together on in-memory tensors.
 
 Every network sees its own data order (one order per seed; networks that share a seed
-share batches), the mask is re-applied after every optimizer step, validation runs every
+share batches), pruned weights stay exactly zero after every optimizer step, validation runs every
 `eval_every` iterations, and the early-stop iteration is the one of minimum validation loss.
 The test set is only evaluated on the weights chosen by validation and on the final ones.
 """
@@ -157,6 +157,28 @@ def direct_step(opt: torch.optim.Optimizer):
     return step
 
 
+def stop_pruned_updates(opt: torch.optim.Optimizer, weights: list[torch.Tensor], keep: list[torch.Tensor]) -> bool:
+    """Make Adam itself leave pruned weights at exactly zero: no mask multiply after each step.
+
+    Adam moves a weight by lr * m_hat / (sqrt(v_hat) + eps). With v = +inf where `keep` is 0,
+    that move is exactly zero for any finite m, and L2 or decoupled weight decay scale a zero
+    weight to zero, so a weight that the mask has zeroed stays zero (a non-finite m would need
+    a non-finite gradient, which stops training anyway). Weights that survive are untouched:
+    the result is bit-identical to multiplying by the mask after every step (tested). This
+    replaces a pass over every pruned layer per step (10 LeNets: 15-23% faster steps).
+    Needs Adam's state, so call it after a step; returns False, doing nothing, for any other
+    optimizer or before the state exists.
+    """
+    if not isinstance(opt, torch.optim.Adam):
+        return False
+    states = [opt.state.get(p) for p in weights]
+    if not all(s and "exp_avg_sq" in s for s in states):
+        return False
+    for s, k in zip(states, keep):  # (amsgrad's running maximum of v then becomes inf too)
+        s["exp_avg_sq"].masked_fill_(k == 0, float("inf"))
+    return True
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         if isinstance(group["lr"], torch.Tensor):
@@ -214,11 +236,12 @@ def train(
     `start` = k resumes the schedule at iteration k (rewinding to θk): the data orders and
     learning-rate schedule continue where an uninterrupted run would be. `constant_lr`
     replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
-    `fast` (the default) takes two shortcuts that give the same bits as the plain path
-    (`fast=False`, every step eager through `Optimizer.step`; tested): on CUDA, without
-    `augment` (whose draws come from CPU generators), the step is captured once as a CUDA
-    graph after a few eager steps and replayed; on CPU, Adam steps call the fused kernel
-    directly (`direct_step`).
+    `fast` (the default) takes shortcuts that give the same weights as the plain path
+    (`fast=False`: every step eager through `Optimizer.step`, then the mask multiply; tested).
+    On CPU, Adam steps call the fused kernel directly (`direct_step`), and after the first
+    step Adam's own state holds pruned weights at zero instead of the multiply
+    (`stop_pruned_updates`). On CUDA, without `augment` (whose draws come from CPU
+    generators), the step is captured once as a CUDA graph after a few eager steps and replayed.
     """
     n_nets = len(order_seeds)
     x_train, y_train = data["x_train"], data["y_train"]
@@ -282,21 +305,23 @@ def train(
 
     def step(idx: torch.Tensor) -> None:
         """One optimizer step of every network on the batch of `idx` (orders, B)."""
+        if not (identity or augment):  # each network's batch, gathered once
+            idx = idx[net_order]
         # index_select copies whole rows: 2.6x faster than x_train[idx] (LeNet, 10 orders)
         xb = torch.index_select(x_train, 0, idx.reshape(-1)).view(*idx.shape, *x_train.shape[1:])
         yb = torch.index_select(y_train, 0, idx.reshape(-1)).view(idx.shape)
-        if augment:
+        if augment:  # one draw per data order, then each network takes its order's batch
             xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(gens)])
-        if not identity:
-            xb, yb = xb[net_order], yb[net_order]
+            if not identity:
+                xb, yb = xb[net_order], yb[net_order]
         with autocast(device, cfg.precision):
             out = model(xb)
         losses = F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)  # (N,)
         losses.sum().backward()
         opt_step()
         with torch.no_grad():
-            if weights:
-                torch._foreach_mul_(weights, keep)  # pruned weights stay exactly zero
+            if weights:  # until Adam's state holds them at zero (stop_pruned_updates)
+                torch._foreach_mul_(weights, keep)
             running.add_(losses.detach())
 
     use_graph = fast and device.type == "cuda" and not augment
@@ -329,6 +354,9 @@ def train(
         else:
             opt.zero_grad(set_to_none=True)
             step(idx)
+        # CPU only for now: the CUDA graph path was checked bit for bit on an H100 with the multiply
+        if fast and device.type == "cpu" and weights and stop_pruned_updates(opt, weights, keep):
+            weights, keep = [], []  # step() reads these: no more mask multiplies
         since += 1
 
         if it % cfg.eval_every == 0 or it == cfg.iterations:

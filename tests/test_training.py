@@ -6,7 +6,7 @@ import torch
 
 from lottery import masks, models
 from lottery.config import ConfigError, TrainConfig
-from lottery.training import NumericalError, Result, resolve_device, train
+from lottery.training import NumericalError, Result, resolve_device, stop_pruned_updates, train
 
 MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
 
@@ -174,8 +174,9 @@ def test_stacked_training_equals_one_by_one():
     ids=["adam", "adam-wd-schedule", "sgd-momentum"],
 )
 def test_fast_path_equals_plain_optimizer_steps_bit_for_bit(train_cfg):
-    # fast=True calls the fused Adam kernel directly (lottery.training.direct_step);
-    # fast=False steps through torch.optim's Optimizer.step
+    # fast=True calls the fused Adam kernel directly (lottery.training.direct_step) and holds
+    # pruned weights at zero through Adam's state (stop_pruned_updates); fast=False steps
+    # through torch.optim's Optimizer.step and multiplies by the mask after every step
     out = {}
     for fast in (True, False):
         model = models.build(MODEL, [0, 1, 2])
@@ -185,6 +186,34 @@ def test_fast_path_equals_plain_optimizer_steps_bit_for_bit(train_cfg):
     assert out[True][0] == out[False][0]
     for k, v in out[True][1].items():
         assert torch.equal(v, out[False][1][k]), k
+
+
+@pytest.mark.parametrize("opt_cfg", [dict(), dict(weight_decay=0.1), dict(amsgrad=True)], ids=["adam", "l2", "amsgrad"])
+def test_stop_pruned_updates_keeps_pruned_weights_zero_without_a_mask_multiply(opt_cfg):
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(50, 40, generator=g))
+    keep = (torch.rand(50, 40, generator=g) > 0.5).float()
+    with torch.no_grad():
+        w.mul_(keep)
+    opt = torch.optim.Adam([w], lr=0.5, fused=True, **opt_cfg)
+    assert not stop_pruned_updates(opt, [w], [keep])  # no state before the first step
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    assert not stop_pruned_updates(sgd, [w], [keep])  # momentum SGD has no such lever: keeps the multiply
+
+    def step():
+        opt.zero_grad()
+        (w.sin() * torch.randn(50, 40, generator=g)).sum().backward()  # gradients everywhere, pruned too
+        opt.step()
+
+    step()
+    with torch.no_grad():
+        w.mul_(keep)
+    assert stop_pruned_updates(opt, [w], [keep])
+    for _ in range(20):
+        step()
+    assert (w[keep == 0] == 0).all()
+    assert (w[keep == 1] != 0).all()
+    assert torch.isinf(opt.state[w]["exp_avg_sq"][keep == 0]).all()
 
 
 def test_networks_sharing_an_order_seed_share_batches():
