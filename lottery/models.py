@@ -57,8 +57,10 @@ class StackedLinear(nn.Module):
         # Computed as W @ x^T, (N, out, B), and returned as a transposed view: the weight
         # gradient then comes out in the weight's own layout (no transpose copy per step,
         # 1.3x faster on LeNet) and the next layer takes x^T without a copy either.
-        if x.shape[0] != self.weight.shape[0]:
-            return (torch.matmul(self.weight, x.transpose(1, 2)) + self.bias.transpose(1, 2)).transpose(1, 2)
+        n, d_out, d_in = self.weight.shape
+        if x.shape[0] != n:  # one input for all networks (evaluation): a single GEMM, bias included
+            out = torch.addmm(self.bias.reshape(n * d_out, 1), self.weight.reshape(n * d_out, d_in), x[0].t())
+            return out.view(n, d_out, -1).transpose(1, 2)
         return torch.baddbmm(self.bias.transpose(1, 2), self.weight, x.transpose(1, 2)).transpose(1, 2)
 
     def glorot_(self, i: int, gen: torch.Generator) -> None:

@@ -17,4 +17,4 @@ def test_train_step_benchmark_prints_its_table():
     for r in rows:
         assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
     assert rows[0][4] == "1.00x"  # the plain loop is the baseline
-    assert "paper's full LeNet figure" in out and "stage start-up" in out
+    assert "paper's full LeNet figure" in out and "of validation" in out and "stage start-up" in out
