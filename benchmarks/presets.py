@@ -2,8 +2,8 @@
 
 Builds each preset's model and trains it with the preset's optimizer, batch size and
 augmentation on random in-memory data of the dataset's shape, for one network and for a
-round's stack (ticket + 2 controls x 2 trials = 6 networks), and extrapolates from a few
-timed iterations after a warm-up. Prints a table; asserts nothing.
+round's stack (ticket + 2 controls x 2 trials = 6 networks) with half of every prunable
+layer masked, and extrapolates from a few timed iterations after a warm-up. Prints a table; asserts nothing.
 
     python benchmarks/presets.py [--iterations N] [--device cpu|cuda] [--params-dir DIR]
 
@@ -40,7 +40,8 @@ def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float
     data = {k: v.to(dev) for k, v in
             {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}.items()}
     model = models.build(cfg.model.name, list(range(n_nets))).to(dev)
-    mask = masks.ones(model, models.prunable(model))
+    # half of every prunable layer pruned, as in a round after r0 (masks change the step's work)
+    mask = {k: (torch.rand(v.shape, generator=g) > 0.5).to(dev) for k, v in masks.ones(model, models.prunable(model)).items()}
     quiet = lambda *_: None  # noqa: E731
     run = dataclasses.replace(cfg.train, iterations=iters, eval_every=10**9, log_every=0, warmup=0, lr_drops=[])
     # warm-up: on CUDA past the graph capture (graphs are used without augmentation)
