@@ -165,7 +165,7 @@ def stop_pruned_updates(opt: torch.optim.Optimizer, weights: list[torch.Tensor],
     weight to zero, so a weight that the mask has zeroed stays zero (a non-finite m would need
     a non-finite gradient, which stops training anyway). Weights that survive are untouched:
     the result is bit-identical to multiplying by the mask after every step (tested). This
-    replaces a pass over every pruned layer per step (10 LeNets: 15-23% faster steps).
+    replaces a pass over every pruned layer per step (10 LeNets: steps 17% faster, median of 6 A/B repeats).
     Needs Adam's state, so call it after a step; returns False, doing nothing, for any other
     optimizer or before the state exists.
     """
