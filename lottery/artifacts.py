@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def load(path: Path, kind: str, expect: dict[str, Any] | None = None) -> tuple[d
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; rerun the stage that writes it (`dvc repro`)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a ticket's sparse tensors are still validated; only torch's note is quiet
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         meta, tensors = obj["meta"], obj["tensors"]
     except Exception as e:
         raise ArtifactError(f"{path}: corrupt or truncated ({type(e).__name__}: {e}); `dvc repro -f` the stage that writes it") from None

@@ -1,6 +1,8 @@
 """Summary numbers on a hand-made table; figures, report and the exported ticket from a real run."""
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pytest
 import torch
@@ -72,7 +74,9 @@ def test_figures_report_and_ticket_of_a_real_run(template):
     # the exported ticket reloads into a module that predicts like the stage's checkpoint
     ticket, meta = artifacts.load(m / "ticket.pt", "ticket")
     assert any(v.is_sparse for v in ticket.values())
-    net = load_ticket(m / "ticket.pt")
+    with warnings.catch_warnings():  # loads quietly (torch notes every sparse tensor it validates)
+        warnings.simplefilter("error")
+        net = load_ticket(m / "ticket.pt")
     trained, _ = artifacts.load(template.path / "runs" / meta["round"] / "model.pt", "weights")
     x = torch.randn(16, 40)
     from lottery import models
