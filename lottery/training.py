@@ -305,6 +305,7 @@ def train(
 
     def step(idx: torch.Tensor) -> None:
         """One optimizer step of every network on the batch of `idx` (orders, B)."""
+        nonlocal weights
         if not (identity or augment):  # each network's batch, gathered once
             idx = idx[net_order]
         # index_select copies whole rows: 2.6x faster than x_train[idx] (LeNet, 10 orders)
@@ -320,12 +321,16 @@ def train(
         losses.sum().backward()
         opt_step()
         with torch.no_grad():
-            if weights:  # until Adam's state holds them at zero (stop_pruned_updates)
+            if weights:
                 torch._foreach_mul_(weights, keep)
+                # CPU only for now: the CUDA graph path was checked bit for bit on an H100 with the multiply
+                if cpu_fast and stop_pruned_updates(opt, weights, keep):
+                    weights = []  # from now on Adam's state holds them at zero: no more multiplies
             running.add_(losses.detach())
 
     use_graph = fast and device.type == "cuda" and not augment
-    opt_step = direct_step(opt) if fast and device.type == "cpu" else opt.step
+    cpu_fast = fast and device.type == "cpu"
+    opt_step = direct_step(opt) if cpu_fast else opt.step
     graph = idx_buf = None
     side = torch.cuda.Stream() if use_graph else None
     for it in range(first, cfg.iterations + 1):
@@ -354,9 +359,6 @@ def train(
         else:
             opt.zero_grad(set_to_none=True)
             step(idx)
-        # CPU only for now: the CUDA graph path was checked bit for bit on an H100 with the multiply
-        if fast and device.type == "cpu" and weights and stop_pruned_updates(opt, weights, keep):
-            weights, keep = [], []  # step() reads these: no more mask multiplies
         since += 1
 
         if it % cfg.eval_every == 0 or it == cfg.iterations:
