@@ -92,10 +92,10 @@ def test_corrupt_previous_round_stops_the_stage_naming_the_file(repo):
     target = repo.path / "runs/r0/model.pt"
     good = target.read_bytes()
     target.write_bytes(good[:100])
-    p = repo.run(sys.executable, "stages/round.py", "r1", "r0", check=False)
+    p = repo.run(sys.executable, "-m", "stages.round", "r1", "r0", check=False)
     assert p.returncode == 2
     assert "runs/r0/model.pt" in p.stderr and "corrupt" in p.stderr
     target.write_bytes(good)
     (repo.path / "runs/r0/mask.pt").unlink()
-    p = repo.run(sys.executable, "stages/round.py", "r1", "r0", check=False)
+    p = repo.run(sys.executable, "-m", "stages.round", "r1", "r0", check=False)
     assert p.returncode == 2 and "runs/r0/mask.pt" in p.stderr and "missing" in p.stderr
