@@ -1,4 +1,4 @@
-"""init: θ0 of every trial and the dense mask -> runs/init/{model,mask}.pt."""
+"""init: the rewind point of every trial (θ0, or θk when rewinding to iteration k) and the dense mask -> runs/init/{model,mask}.pt."""
 import argparse
 from pathlib import Path
 

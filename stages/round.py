@@ -1,4 +1,4 @@
-"""round: prune the previous round's ticket, rewind to θ0, train ticket and controls -> runs/<round>/."""
+"""round: prune the previous round's ticket, rewind (rewind.to: θ0, θk, lr or finetune), train ticket and controls -> runs/<round>/."""
 import time
 
 STARTED = time.perf_counter()  # before `import torch`: the stage's start-up is logged
