@@ -1,0 +1,266 @@
+"""Pruning at initialization: SNIP, GraSP and SynFlow scores of the rewind point, before any training.
+
+Scores follow pruning.py's convention: name -> (N, ...) float64, *higher is kept*. Positions
+already pruned in the mask score -inf (they are never kept again). Every score is computed on a
+float64 copy of the stack with the mask applied, so the model itself is never touched; since the
+networks of a stack are independent, one backward of the SUM of the per-network losses gives each
+network its own gradient (and its own Hessian-vector product).
+
+- SNIP (Lee et al. 2019): |g ⊙ w|, g the gradient of the loss averaged over the given batches.
+- GraSP (Wang et al. 2020): the paper scores S = −w ⊙ (H g) and removes the HIGHEST S (its code keeps
+  `score <= threshold`). We return w ⊙ (H g) = −S, so that, like every criterion here, the lowest
+  scores go: the same weights GraSP removes. Signed, not |.|. H g by double backward, no temperature.
+- SynFlow (Tanaka et al. 2020): data-free, R = sum of the network's output on an all-ones input
+  with every parameter replaced by |θ|; score |θ ⊙ ∂R/∂θ|; iterated with the exponential schedule
+  (density at step j of J is final_density ** (j / J)), pruning inside the loop.
+
+Modes: SNIP and GraSP score in train mode (batch statistics, as both papers do on a batch; dropout
+draws from torch's global RNG forked and seeded with 0, so scores are deterministic). SynFlow scores
+in eval mode with BatchNorm's running statistics set to mean 0, variance 1 (identity-like, as at
+init; the paper's code takes |.| of them, the same thing at init), BatchNorm weights and biases as |.|.
+Only the weights named in `names` (models.prunable: conv and linear) are scored; biases and BatchNorm
+never are.
+
+Counts: `imp_target` gives the kept counts IMP's round K reaches (pruning.n_to_prune applied K times,
+the only call into pruning.py), `prune_to` reaches such counts exactly from any scores, with
+pruning.prune's choice (lowest first, ties by position; tested equal) in O(n) instead of a sort:
+SynFlow prunes 100 times per round.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import masks, pruning
+from .masks import Mask
+
+
+@dataclass
+class Target:
+    """Weights to keep, per network: `layers` name -> (N,) int64 for each layer pruned on its own,
+    and `pooled_total` (N,) int64 kept over the `pooled` layers ranked together (global strategy)."""
+    layers: dict[str, torch.Tensor]
+    pooled: list[str] = field(default_factory=list)
+    pooled_total: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------- counts
+
+
+def imp_target(mask: Mask, rates: dict[str, float], pooled: list[str] = (), pooled_rate: float = 0.0,
+               rounds: int = 1) -> Target:
+    """What `rounds` iterative rounds of pruning.prune(score, mask, rates, pooled, pooled_rate) keep."""
+    kept = masks.kept(mask)
+
+    def after(n: torch.Tensor, rate: float, what: str) -> torch.Tensor:
+        out = []
+        for c in n.tolist():
+            for r in range(rounds):
+                drop = pruning.n_to_prune(rate, c)
+                if drop >= c > 0:
+                    raise ValueError(f"pruning {what} at rate {rate} would remove all its {c} weights at round {r + 1}")
+                c -= drop
+            out.append(c)
+        return torch.tensor(out, dtype=torch.int64)
+
+    layers = {k: after(n, rates[k], f"layer '{k}'") for k, n in kept.items() if k not in pooled}
+    if not pooled:
+        return Target(layers)
+    total = sum(kept[k] for k in pooled)
+    return Target(layers, list(pooled), after(total, pooled_rate, f"layers {', '.join(pooled)} together"))
+
+
+def _keep_top(score: torch.Tensor, keep: torch.Tensor, n_keep: int, what: str) -> torch.Tensor:
+    """Flat bool: the `n_keep` highest scores among `keep`, by pruning.prune's rule (the lowest go first,
+    ties by position: the earlier goes first), found by kthvalue in O(n) instead of a sort."""
+    if not 0 < n_keep <= int(keep.sum()):
+        raise ValueError(f"{what}: cannot keep {n_keep} of its {int(keep.sum())} weights")
+    s = score.masked_fill(~keep, float("-inf"))
+    n_drop = s.numel() - n_keep
+    if n_drop == 0:
+        return torch.ones_like(keep)
+    t = torch.kthvalue(s, n_drop).values
+    out = s > t
+    extra = n_keep - int(out.sum())  # ties at the threshold: keep the last ones by position
+    if extra:
+        out[torch.nonzero(s == t).flatten()[-extra:]] = True
+    return out
+
+
+@torch.no_grad()
+def prune_to(score: dict[str, torch.Tensor], mask: Mask, target: Target) -> Mask:
+    """Drop the lowest scores of `mask` until each network keeps exactly `target`'s counts.
+
+    The same choice as pruning.prune at the rates that give these counts (tested), faster."""
+    new = {k: m.clone() for k, m in mask.items()}
+    for i in range(next(iter(mask.values())).shape[0]):
+        for k, c in target.layers.items():
+            flat = _keep_top(score[k][i].flatten(), mask[k][i].flatten(), int(c[i]), f"layer '{k}'")
+            new[k][i] = flat.view_as(mask[k][i])
+        if target.pooled:
+            flat = _keep_top(torch.cat([score[k][i].flatten() for k in target.pooled]),
+                             torch.cat([mask[k][i].flatten() for k in target.pooled]), int(target.pooled_total[i]),
+                             f"layers {', '.join(target.pooled)} together")
+            for k, part in zip(target.pooled, flat.split([mask[k][i].numel() for k in target.pooled])):
+                new[k][i] = part.view_as(mask[k][i])
+    return new
+
+
+def invert(score: dict[str, torch.Tensor], mask: Mask, counts: dict[str, torch.Tensor]) -> Mask:
+    """The `invert` control: keep the LOWEST-scoring weights of `mask`, `counts` (name -> (N,)) per layer."""
+    flipped = {k: torch.where(mask[k], -s, float("-inf")) for k, s in score.items()}
+    return prune_to(flipped, mask, Target(dict(counts)))
+
+
+# ---------------------------------------------------------------- SNIP and GraSP
+
+
+def _masked_copy(model: nn.Module, mask: Mask, train: bool) -> nn.Module:
+    """A float64 copy of the stack with the mask applied, in train or eval mode, gradients cleared."""
+    net = copy.deepcopy(model).double().train(train)
+    masks.apply(net, mask)
+    net.zero_grad(set_to_none=True)
+    return net
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over networks of each network's mean cross-entropy on its batch."""
+    out = net(x.double())  # (N, B, C)
+    return F.cross_entropy(out.transpose(1, 2), y.expand(out.shape[0], -1), reduction="none").mean(1).sum()
+
+
+def _gradient(net: nn.Module, weights: list[torch.Tensor], batches, graph: bool = False) -> list[torch.Tensor]:
+    total = [torch.zeros_like(w) for w in weights]
+    for x, y in batches:
+        for t, g in zip(total, torch.autograd.grad(_loss(net, x, y), weights, create_graph=graph)):
+            t.add_(g)
+    return [t / len(batches) for t in total]
+
+
+def _score(weights: list[torch.Tensor], names: list[str], mask: Mask, values) -> dict[str, torch.Tensor]:
+    return {k: torch.where(mask[k], v.detach(), float("-inf")) for k, v in zip(names, values)}
+
+
+def snip(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, torch.Tensor]:
+    """|g ⊙ w| with g averaged over `batches` [(x (N|1, B, ...), y (N|1, B))], train mode."""
+    net = _masked_copy(model, mask, train=True)
+    params = dict(net.named_parameters())
+    weights = [params[k] for k in names]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        grads = _gradient(net, weights, batches)
+    return _score(weights, names, mask, [(g * w).abs() for g, w in zip(grads, weights)])
+
+
+def grasp(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, torch.Tensor]:
+    """w ⊙ (H g) = −(GraSP's score): g the mean gradient over `batches`, restricted to kept weights; train mode."""
+    net = _masked_copy(model, mask, train=True)
+    params = dict(net.named_parameters())
+    weights = [params[k] for k in names]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = [gi * mask[k] for gi, k in zip(_gradient(net, weights, batches), names)]
+        hg = [torch.zeros_like(w) for w in weights]
+        for x, y in batches:  # H g by double backward, batch by batch (the mean Hessian times g)
+            grads = torch.autograd.grad(_loss(net, x, y), weights, create_graph=True)
+            z = sum((a * b).sum() for a, b in zip(grads, g))
+            for h, d in zip(hg, torch.autograd.grad(z, weights)):
+                h.add_(d)
+    return _score(weights, names, mask, [w * h / len(batches) for w, h in zip(weights, hg)])
+
+
+# ---------------------------------------------------------------- SynFlow
+
+
+def _linearized(model: nn.Module) -> nn.Module:
+    """A float64 eval-mode copy with every parameter |θ| and BatchNorm statistics identity-like."""
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.zero_()
+            elif name.endswith("running_var"):
+                b.fill_(1.0)
+    return net
+
+
+def _flow(net: nn.Module, weights: dict[str, torch.Tensor], mask: Mask, input_shape) -> torch.Tensor:
+    """R per network, (N,): the output's sum on an all-ones input, with the masked |θ| loaded in `net`."""
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for k, w in weights.items():
+            params[k].copy_(w * mask[k])
+    net.zero_grad(set_to_none=True)
+    return net(torch.ones(1, 1, *input_shape, dtype=torch.float64)).flatten(1).sum(1)
+
+
+def synflow_scores(net: nn.Module, mask: Mask, names: list[str], input_shape,
+                   weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One SynFlow scoring, |θ ⊙ ∂R/∂θ|, of a `_linearized` copy (or of any model: it is linearized first).
+
+    `weights`: the |θ| to score (name -> (N, ...)); the copy's own otherwise. Raises a one-line
+    error for a layer that the all-ones input does not reach or whose score is not finite.
+    """
+    if weights is None:
+        net = _linearized(net)
+        weights = {k: p.detach().clone() for k, p in net.named_parameters() if k in names}
+    _flow(net, weights, mask, input_shape).sum().backward()
+    params, out = dict(net.named_parameters()), {}
+    for k in names:
+        p = params[k]
+        if p.grad is None:
+            raise ValueError(f"synflow: layer '{k}' gets no gradient from the all-ones input; it cannot be scored")
+        s = (p.grad * p).abs()
+        if not torch.isfinite(s).all():
+            raise ValueError(f"synflow: layer '{k}' has non-finite scores (the product of |θ| overflows float64)")
+        out[k] = torch.where(mask[k], s.detach(), float("-inf"))
+    return out
+
+
+def _step_target(start: Target, final: Target, frac: float) -> Target:
+    """Counts at fraction `frac` of the exponential schedule: start * (final / start) ** frac, rounded."""
+    def at(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        c = torch.round(a.double() * (b.double() / a.double()) ** frac).long()
+        return torch.maximum(torch.minimum(c, a), b)
+
+    layers = {k: at(start.layers[k], c) for k, c in final.layers.items()}
+    if not final.pooled:
+        return Target(layers)
+    return Target(layers, final.pooled, at(start.pooled_total, final.pooled_total))
+
+
+def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target: Target,
+            iterations: int = 100) -> Mask:
+    """Iterative SynFlow from `mask` down to exactly `target`'s counts in `iterations` steps.
+
+    Step j of J keeps `start * (target / start) ** (j / J)` (the paper's exponential schedule),
+    rescoring the survivors each step. The model is not modified (a linearized float64 copy is scored).
+    Raises if no flow is left at the end (layer collapse: the output no longer depends on the input;
+    R only decreases as weights go, so no step before had collapsed either). A residual branch may
+    empty: the identity still carries the flow.
+    """
+    if iterations < 1:
+        raise ValueError(f"prune.synflow_iterations: {iterations} is not allowed (an integer >= 1)")
+    net = _linearized(model)
+    params = dict(net.named_parameters())
+    abs_w = {k: params[k].detach().clone() for k in names}
+    kept = masks.kept(mask)
+    start = Target({k: kept[k] for k in target.layers}, target.pooled,
+                   sum(kept[k] for k in target.pooled) if target.pooled else None)
+    for j in range(1, iterations + 1):
+        score = synflow_scores(net, mask, names, input_shape, abs_w)
+        mask = prune_to(score, mask, _step_target(start, target, j / iterations))
+    with torch.no_grad():
+        dead = torch.nonzero(_flow(net, abs_w, mask, input_shape) == 0).flatten().tolist()
+    if dead:
+        empty = [k for k, n in masks.kept(mask).items() if int(n[dead[0]]) == 0]
+        raise ValueError(f"synflow: after {iterations} steps network {dead[0]} has no path from input to output "
+                         f"(layer collapse{'; empty: ' + ', '.join(empty) if empty else ''}); "
+                         "raise prune.synflow_iterations or use prune.strategy: layerwise")
+    return mask
