@@ -74,20 +74,27 @@ def imp_target(mask: Mask, rates: dict[str, float], pooled: list[str] = (), pool
     return Target(layers, list(pooled), after(total, pooled_rate, f"layers {', '.join(pooled)} together"))
 
 
-def _keep_top(score: torch.Tensor, keep: torch.Tensor, n_keep: int, what: str) -> torch.Tensor:
-    """Flat bool: the `n_keep` highest scores among `keep`, by pruning.prune's rule (the lowest go first,
-    ties by position: the earlier goes first), found by kthvalue in O(n) instead of a sort."""
-    if not 0 < n_keep <= int(keep.sum()):
-        raise ValueError(f"{what}: cannot keep {n_keep} of its {int(keep.sum())} weights")
-    s = score.masked_fill(~keep, float("-inf"))
-    n_drop = s.numel() - n_keep
-    if n_drop == 0:
-        return torch.ones_like(keep)
-    t = torch.kthvalue(s, n_drop).values
-    out = s > t
-    extra = n_keep - int(out.sum())  # ties at the threshold: keep the last ones by position
-    if extra:
-        out[torch.nonzero(s == t).flatten()[-extra:]] = True
+def _keep_top(score: torch.Tensor, keep: torch.Tensor, n_keep: torch.Tensor, what: str) -> torch.Tensor:
+    """(N, n) bool: per row the `n_keep[i]` highest scores among `keep`, by pruning.prune's rule (the lowest
+    go first, ties by position: the earlier goes first), found by kthvalue over the kept entries in O(n)
+    instead of a sort of all of them."""
+    have = keep.sum(1)
+    bad = torch.nonzero((n_keep <= 0) | (n_keep > have)).flatten().tolist()
+    if bad:
+        raise ValueError(f"{what}: cannot keep {int(n_keep[bad[0]])} of its {int(have[bad[0]])} weights")
+    n_drop = have - n_keep
+    t = torch.full((len(score),), float("-inf"), dtype=score.dtype)
+    if bool((have == have[0]).all() & (n_drop == n_drop[0]).all()):  # the usual case: one batched selection
+        if int(n_drop[0]) > 0:
+            t = torch.kthvalue(score[keep].view(len(score), -1), int(n_drop[0]), dim=1).values
+    else:
+        for i, d in enumerate(n_drop.tolist()):
+            if d > 0:
+                t[i] = torch.kthvalue(score[i][keep[i]], d).values
+    out = keep & (score > t[:, None])
+    extra = n_keep - out.sum(1)  # ties at the threshold: keep the last ones by position
+    for i in torch.nonzero(extra).flatten().tolist():
+        out[i, torch.nonzero(keep[i] & (score[i] == t[i])).flatten()[-int(extra[i]) :]] = True
     return out
 
 
@@ -96,17 +103,15 @@ def prune_to(score: dict[str, torch.Tensor], mask: Mask, target: Target) -> Mask
     """Drop the lowest scores of `mask` until each network keeps exactly `target`'s counts.
 
     The same choice as pruning.prune at the rates that give these counts (tested), faster."""
-    new = {k: m.clone() for k, m in mask.items()}
-    for i in range(next(iter(mask.values())).shape[0]):
-        for k, c in target.layers.items():
-            flat = _keep_top(score[k][i].flatten(), mask[k][i].flatten(), int(c[i]), f"layer '{k}'")
-            new[k][i] = flat.view_as(mask[k][i])
-        if target.pooled:
-            flat = _keep_top(torch.cat([score[k][i].flatten() for k in target.pooled]),
-                             torch.cat([mask[k][i].flatten() for k in target.pooled]), int(target.pooled_total[i]),
-                             f"layers {', '.join(target.pooled)} together")
-            for k, part in zip(target.pooled, flat.split([mask[k][i].numel() for k in target.pooled])):
-                new[k][i] = part.view_as(mask[k][i])
+    new = dict(mask)
+    for k, c in target.layers.items():
+        new[k] = _keep_top(score[k].flatten(1), mask[k].flatten(1), c, f"layer '{k}'").view_as(mask[k])
+    if target.pooled:
+        flat = _keep_top(torch.cat([score[k].flatten(1) for k in target.pooled], 1),
+                         torch.cat([mask[k].flatten(1) for k in target.pooled], 1), target.pooled_total,
+                         f"layers {', '.join(target.pooled)} together")
+        for k, part in zip(target.pooled, flat.split([mask[k][0].numel() for k in target.pooled], 1)):
+            new[k] = part.reshape(mask[k].shape)
     return new
 
 
@@ -210,16 +215,20 @@ def synflow_scores(net: nn.Module, mask: Mask, names: list[str], input_shape,
     if weights is None:
         net = _linearized(net)
         weights = {k: p.detach().clone() for k, p in net.named_parameters() if k in names}
+    return {k: torch.where(mask[k], s, float("-inf")) for k, s in _synflow(net, weights, mask, input_shape).items()}
+
+
+def _synflow(net: nn.Module, weights: dict[str, torch.Tensor], mask: Mask, input_shape) -> dict[str, torch.Tensor]:
+    """SynFlow scores of `weights` (0 where pruned) on the linearized `net`."""
     _flow(net, weights, mask, input_shape).sum().backward()
     params, out = dict(net.named_parameters()), {}
-    for k in names:
+    for k in weights:
         p = params[k]
         if p.grad is None:
             raise ValueError(f"synflow: layer '{k}' gets no gradient from the all-ones input; it cannot be scored")
-        s = (p.grad * p).abs()
-        if not torch.isfinite(s).all():
+        out[k] = p.grad.mul_(p).abs_()
+        if not torch.isfinite(out[k].sum()):  # scores are >= 0: an inf or nan anywhere shows in the sum
             raise ValueError(f"synflow: layer '{k}' has non-finite scores (the product of |θ| overflows float64)")
-        out[k] = torch.where(mask[k], s.detach(), float("-inf"))
     return out
 
 
@@ -254,7 +263,7 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
     start = Target({k: kept[k] for k in target.layers}, target.pooled,
                    sum(kept[k] for k in target.pooled) if target.pooled else None)
     for j in range(1, iterations + 1):
-        score = synflow_scores(net, mask, names, input_shape, abs_w)
+        score = _synflow(net, abs_w, mask, input_shape)
         mask = prune_to(score, mask, _step_target(start, target, j / iterations))
     with torch.no_grad():
         dead = torch.nonzero(_flow(net, abs_w, mask, input_shape) == 0).flatten().tolist()
