@@ -125,12 +125,15 @@ def invert(score: dict[str, torch.Tensor], mask: Mask, counts: dict[str, torch.T
 # ---------------------------------------------------------------- SNIP and GraSP
 
 
-def _masked_copy(model: nn.Module, mask: Mask, train: bool) -> nn.Module:
-    """A float64 copy of the stack with the mask applied, in train or eval mode, gradients cleared."""
-    net = copy.deepcopy(model).double().train(train)
+def _masked_copy(model: nn.Module, mask: Mask, names: list[str], batches) -> tuple[nn.Module, list[torch.Tensor]]:
+    """A float64 train-mode copy of the stack with the mask applied, and its weights named in `names`."""
+    if not batches:
+        raise ValueError("prune.score_batches: no batch to score on (at least 1)")
+    net = copy.deepcopy(model).double().train()
     masks.apply(net, mask)
     net.zero_grad(set_to_none=True)
-    return net
+    params = dict(net.named_parameters())
+    return net, [params[k] for k in names]
 
 
 def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -139,34 +142,30 @@ def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.transpose(1, 2), y.expand(out.shape[0], -1), reduction="none").mean(1).sum()
 
 
-def _gradient(net: nn.Module, weights: list[torch.Tensor], batches, graph: bool = False) -> list[torch.Tensor]:
+def _gradient(net: nn.Module, weights: list[torch.Tensor], batches) -> list[torch.Tensor]:
     total = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
-        for t, g in zip(total, torch.autograd.grad(_loss(net, x, y), weights, create_graph=graph)):
+        for t, g in zip(total, torch.autograd.grad(_loss(net, x, y), weights)):
             t.add_(g)
     return [t / len(batches) for t in total]
 
 
-def _score(weights: list[torch.Tensor], names: list[str], mask: Mask, values) -> dict[str, torch.Tensor]:
+def _score(names: list[str], mask: Mask, values) -> dict[str, torch.Tensor]:
     return {k: torch.where(mask[k], v.detach(), float("-inf")) for k, v in zip(names, values)}
 
 
 def snip(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, torch.Tensor]:
     """|g ⊙ w| with g averaged over `batches` [(x (N|1, B, ...), y (N|1, B))], train mode."""
-    net = _masked_copy(model, mask, train=True)
-    params = dict(net.named_parameters())
-    weights = [params[k] for k in names]
+    net, weights = _masked_copy(model, mask, names, batches)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         grads = _gradient(net, weights, batches)
-    return _score(weights, names, mask, [(g * w).abs() for g, w in zip(grads, weights)])
+    return _score(names, mask, [(g * w).abs() for g, w in zip(grads, weights)])
 
 
 def grasp(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, torch.Tensor]:
     """w ⊙ (H g) = −(GraSP's score): g the mean gradient over `batches`, restricted to kept weights; train mode."""
-    net = _masked_copy(model, mask, train=True)
-    params = dict(net.named_parameters())
-    weights = [params[k] for k in names]
+    net, weights = _masked_copy(model, mask, names, batches)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         g = [gi * mask[k] for gi, k in zip(_gradient(net, weights, batches), names)]
@@ -176,7 +175,7 @@ def grasp(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, 
             z = sum((a * b).sum() for a, b in zip(grads, g))
             for h, d in zip(hg, torch.autograd.grad(z, weights)):
                 h.add_(d)
-    return _score(weights, names, mask, [w * h / len(batches) for w, h in zip(weights, hg)])
+    return _score(names, mask, [w * h / len(batches) for w, h in zip(weights, hg)])
 
 
 # ---------------------------------------------------------------- SynFlow
