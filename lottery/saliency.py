@@ -195,14 +195,14 @@ def _linearized(model: nn.Module) -> nn.Module:
     return net
 
 
-def _flow(net: nn.Module, weights: dict[str, torch.Tensor], mask: Mask, input_shape) -> torch.Tensor:
-    """R per network, (N,): the output's sum on an all-ones input, with the masked |θ| loaded in `net`."""
+def _flow(net: nn.Module, weights: dict[str, torch.Tensor], mask: Mask, input_shape, fill: float = 1.0) -> torch.Tensor:
+    """R per network, (N,): the output's sum on an all-ones input (or all-`fill`), with the masked |θ| loaded."""
     params = dict(net.named_parameters())
     with torch.no_grad():
         for k, w in weights.items():
             params[k].copy_(w * mask[k])
     net.zero_grad(set_to_none=True)
-    return net(torch.ones(1, 1, *input_shape, dtype=torch.float64)).flatten(1).sum(1)
+    return net(torch.full((1, 1, *input_shape), fill, dtype=torch.float64)).flatten(1).sum(1)
 
 
 def synflow_scores(net: nn.Module, mask: Mask, names: list[str], input_shape,
@@ -265,8 +265,9 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
     for j in range(1, iterations + 1):
         score = _synflow(net, abs_w, mask, input_shape)
         mask = prune_to(score, mask, _step_target(start, target, j / iterations))
-    with torch.no_grad():
-        dead = torch.nonzero(_flow(net, abs_w, mask, input_shape) == 0).flatten().tolist()
+    with torch.no_grad():  # biases (|b| of θk) alone give R > 0: compare with a zero input
+        flow = _flow(net, abs_w, mask, input_shape) - _flow(net, abs_w, mask, input_shape, 0.0)
+    dead = torch.nonzero(flow <= 0).flatten().tolist()
     if dead:
         empty = [k for k, n in masks.kept(mask).items() if int(n[dead[0]]) == 0]
         raise ValueError(f"synflow: after {iterations} steps network {dead[0]} has no path from input to output "

@@ -233,6 +233,11 @@ def test_iterative_synflow_never_empties_a_layer_where_one_shot_does():
     collapse = r"after 1 steps network 0 has no path from input to output \(layer collapse; empty: layers.0.weight\)"
     with pytest.raises(ValueError, match=collapse):
         saliency.synflow(model, mask, names, (100,), target, 1)
+    with torch.no_grad():  # rewound past init, biases are not zero: R > 0 without any path, still a collapse
+        for layer in model.layers:
+            layer.bias.fill_(0.5)
+    with pytest.raises(ValueError, match=collapse):
+        saliency.synflow(model, mask, names, (100,), target, 1)
     got = saliency.synflow(model, mask, names, (100,), target, 100)
     kept = masks.kept(got)
     assert all(int(kept[k][0]) > 0 for k in names)
