@@ -194,23 +194,28 @@ def kinds(model: nn.Module, layers: list[str] | None = None, ignore: list[str] |
 
 @torch.no_grad()
 def check(model: nn.Module, x_batch: torch.Tensor, y: torch.Tensor, num_classes: int, key: str = "model.name") -> None:
-    """A dry forward on one batch (B, *input shape) before any training, in eval mode.
+    """A dry forward on one batch (B, *input shape) before any training, in eval then in train mode.
 
     ConfigError naming `key` and the model's import path when the forward fails on this input
     shape, or its output is not (N, B, num_classes), or a label is not below num_classes.
+    The model is left as it was: mode, BatchNorm statistics, and the global RNG (dropout).
     """
     where = f"{key}: {getattr(model, 'source', '') or type(model).__name__}"
     n, b = next(model.parameters()).shape[0], x_batch.shape[0]
-    was_training = model.training
-    model.eval()
+    was_training, buffers = model.training, {k: v.clone() for k, v in model.named_buffers()}
     try:
-        out = model(x_batch[None])
+        with torch.random.fork_rng(devices=[x_batch.device] if x_batch.is_cuda else []):
+            for mode in (False, True):
+                model.train(mode)
+                out = model(x_batch[None])
     except Exception as e:
         hint = "; it runs one network at a time: build it with vectorize=False" if _loop_runs(model, x_batch) else ""
         raise ConfigError(f"{where}: the forward fails on the dataset's input, one network's batch of shape "
                           f"{tuple(x_batch.shape)} ({type(e).__name__}: {e}){hint}") from e
     finally:
         model.train(was_training)
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, b, num_classes):
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"{where}: on a batch of shape {tuple(x_batch.shape)} the output is {got}, expected "
@@ -218,14 +223,14 @@ def check(model: nn.Module, x_batch: torch.Tensor, y: torch.Tensor, num_classes:
     if len(y) and int(y.max()) >= num_classes:
         raise ConfigError(f"{where}: label {int(y.max())} in the data, expected labels below {num_classes}")
 
-
 def _loop_runs(model: nn.Module, x_batch: torch.Tensor) -> bool:
     """Whether a vmapped stack that failed runs with vectorize=False (a loop over the networks)."""
     if not getattr(model, "vectorize", False):
         return False
     model.vectorize = False
     try:
-        model(x_batch[None])
+        with torch.random.fork_rng(devices=[x_batch.device] if x_batch.is_cuda else []):
+            model(x_batch[None])
         return True
     except Exception:
         return False

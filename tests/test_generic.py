@@ -173,3 +173,134 @@ def test_stack_equals_networks_trained_one_by_one(float64, name, optimizer):
     if name == "cnn":
         assert stacked["1.num_batches_tracked"].tolist() == [20, 20, 20]
 
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("torch.nn", "is not an import path; expected 'package.module:factory'"),
+    (":mlp", "is not an import path"),
+    ("torch.nn:", "is not an import path"),
+    ("no_such_package.models:net", "module 'no_such_package.models' does not import (ModuleNotFoundError: No module "
+                                   "named 'no_such_package')"),
+    (f"{__name__}:no_such_factory", f"module '{__name__}' has no attribute 'no_such_factory'"),
+    (f"{__name__}:NOT_CALLABLE", "is a int, not a callable returning an nn.Module"),
+])
+def test_load_factory_errors_name_the_key_and_the_path(path, expected):
+    with pytest.raises(ConfigError) as e:
+        generic.load_factory(path)
+    assert str(e.value).startswith(f"model.name: {path!r}") and expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_load_factory_finds_the_callable():
+    assert generic.load_factory(f"{__name__}:cnn") is cnn
+    assert generic.load_factory("torch.nn:Linear", key="k") is nn.Linear
+
+
+def test_build_errors_name_the_factory():
+    with pytest.raises(ConfigError, match=rf"^model.name: {__name__}:raises\(\) raised RuntimeError: no GPU here$"):
+        generic.build(raises, [0], 10, SHAPE)
+    with pytest.raises(ConfigError, match=rf"^model.name: {__name__}:not_a_module\(num_classes=10\) returned a str, "
+                                          "expected a torch.nn.Module$"):
+        generic.build(not_a_module, [0], 10, SHAPE)
+
+
+def test_check_passes_a_good_model_and_leaves_it_untouched():
+    stack = generic.build(cnn, [0, 1], 10, SHAPE)
+    before = {k: v.clone() for k, v in stack.state_dict().items()}
+    generic.check(stack, torch.randn(8, *SHAPE), torch.arange(8), 10)
+    assert stack.training and all(torch.equal(v, stack.state_dict()[k]) for k, v in before.items())
+
+
+def test_check_errors():
+    x, y = torch.randn(8, *SHAPE), torch.arange(8)
+    where = f"model.name: {__name__}"
+    wrong_input = generic.build(cnn, [0], 10, (3, 8, 8))  # its first Linear expects 4*4*4 features
+    with pytest.raises(ConfigError, match=rf"^{where}:cnn: the forward fails on the dataset's input, one network's "
+                                          r"batch of shape \(8, 3, 4, 4\) \(RuntimeError: .*\)$"):
+        generic.check(wrong_input, x, y, 10)
+    with pytest.raises(ConfigError, match=rf"^{where}:mlp: on a batch of shape \(8, 3, 4, 4\) the output is \(8, 7\), "
+                                          r"expected \(8, 10\): one score per class of the dataset \(10 classes\)$"):
+        generic.check(generic.build(mlp, [0], 7, SHAPE), x, y, 10)
+    with pytest.raises(ConfigError, match=rf"^{where}:mlp: label 7 in the data, expected labels below 7$"):
+        generic.check(generic.build(mlp, [0], 7, SHAPE), x, y, 7)
+
+
+def test_a_module_that_vmap_cannot_run_is_reported_and_runs_as_a_loop():
+    x = torch.randn(8, *SHAPE)
+    stack = generic.build(cumulative_bn, [0, 1], 10, SHAPE)
+    before = {k: v.clone() for k, v in stack.state_dict().items()}
+    with pytest.raises(ConfigError, match=rf"^model.name: {__name__}:cumulative_bn: the forward fails on the dataset's "
+                                          r"input, .*; it runs one network at a time: build it with vectorize=False$"):
+        generic.check(stack, x, torch.arange(8), 10)  # eval mode runs under vmap; training does not
+    assert stack.training and all(torch.equal(v, stack.state_dict()[k]) for k, v in before.items())
+    assert stack.vectorize
+    loop = generic.build(cumulative_bn, [0, 1], 10, SHAPE, vectorize=False)
+    generic.check(loop, x, torch.arange(8), 10)
+    loop(torch.stack([x, x + 1]))
+    torch.manual_seed(1)
+    plain = cumulative_bn()
+    plain(x + 1)
+    assert torch.equal(loop.state_dict()["1.running_mean"][1], plain.state_dict()["1.running_mean"])
+    assert loop.state_dict()["1.num_batches_tracked"].tolist() == [1, 1]
+
+
+# ---------------------------------------------------------------- what is prunable
+
+
+def test_prunable_by_default_every_linear_and_conv_weight():
+    stack = generic.build(cnn, [0, 1], 10, SHAPE)
+    assert generic.prunable(stack) == ["0.weight", "5.weight", "7.weight"]
+    assert generic.kinds(stack) == {"0.weight": "conv", "5.weight": "fc", "7.weight": "output"}
+    assert generic.prunable(single("cnn", 0)) == ["0.weight", "5.weight", "7.weight"]  # a plain module too
+
+
+def test_prunable_globs():
+    stack = generic.build(cnn, [0, 1], 10, SHAPE)
+    assert generic.prunable(stack, layers=["*.weight"]) == ["0.weight", "1.weight", "5.weight", "7.weight"]
+    assert generic.prunable(stack, layers=["[05].*"]) == ["0.weight", "5.weight", "5.bias"]
+    assert generic.prunable(stack, ignore=["7.*"]) == ["0.weight", "5.weight"]
+    assert generic.kinds(stack, ignore=["0.weight"]) == {"5.weight": "fc", "7.weight": "output"}
+    assert generic.kinds(stack, layers=["5.*"]) == {"5.weight": "fc", "5.bias": "fc"}
+
+
+def test_prunable_errors_name_the_key_and_the_pattern():
+    stack = generic.build(cnn, [0, 1], 10, SHAPE)
+    with pytest.raises(ConfigError, match=r"^prune.layers: pattern 'fc\*' matches no parameter; parameters: 0.weight, "):
+        generic.prunable(stack, layers=["*.weight", "fc*"])
+    with pytest.raises(ConfigError, match=r"^prune.ignore: pattern '9.\*' matches no parameter; parameters: 0.weight, "
+                                          r"5.weight, 7.weight$"):
+        generic.prunable(stack, ignore=["9.*"])
+    with pytest.raises(ConfigError, match=r"^prune.layers: the model has no prunable weights \(nothing left after "
+                                          r"prune.ignore\)"):
+        generic.prunable(stack, ignore=["*"])
+    no_weights = generic.GenericStack([nn.Sequential(nn.BatchNorm1d(3)), nn.Sequential(nn.BatchNorm1d(3))])
+    with pytest.raises(ConfigError, match=r"^prune.layers: the model has no prunable weights \(no nn.Linear or nn.Conv\* "
+                                          r"weight\); parameters: 0.weight, 0.bias$"):
+        generic.prunable(no_weights)
+
+
+# ---------------------------------------------------------------- with the training loop
+
+
+def test_trains_with_the_training_loop_and_keeps_pruned_weights_zero():
+    gen = torch.Generator().manual_seed(0)
+    data = {}
+    for split, n in [("train", 200), ("val", 50), ("test", 50)]:
+        data[f"x_{split}"] = torch.randn(n, *SHAPE, generator=gen)
+        data[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
+    stack = generic.build(cnn, [0, 1], 10, SHAPE)
+    generic.check(stack, data["x_train"][:16], data["y_train"], 10)
+    start = {k: v.clone() for k, v in stack.state_dict().items()}
+    names = generic.prunable(stack)
+    mask = {k: torch.ones_like(dict(stack.named_parameters())[k], dtype=torch.bool) for k in names}
+    mask["5.weight"] = half_mask(stack)["5.weight"]
+    cfg = TrainConfig(iterations=50, eval_every=25, log_every=0, batch_size=16)
+    res = train(stack, mask, data, cfg, order_seeds=[0, 1], log=lambda *a: None)
+    w = stack.state_dict()["5.weight"]
+    assert (w[~mask["5.weight"]] == 0).all() and (w[mask["5.weight"]] != 0).all()
+    assert all(not torch.equal(start[k], stack.state_dict()[k]) for k in names)
+    assert stack.state_dict()["1.num_batches_tracked"].tolist() == [50, 50]
+    assert len(res.test_accuracy) == 2 and [c["iteration"] for c in res.curve] == [25, 50]
