@@ -5,7 +5,9 @@ calls it once per seed (network i under `torch.manual_seed(seeds[i])`, exactly a
 factory would initialise it alone) and stacks the copies into a `GenericStack`: one model
 with the contract of `lottery.models` (input (N|1, B, ...), output (N, B, classes), every
 parameter and buffer with the network as leading dimension) whose forward is
-`vmap(functional_call(module, ...))` over the networks.
+`vmap(functional_call(module, ...))` over the networks. A plain MLP (an nn.Sequential of
+Linear, ReLU and Flatten only) skips vmap and runs the hand-stacked `W @ x^T` layout of
+`lottery.models`, as fast as the built-in LeNet (benchmarks/generic.py).
 
 BatchNorm: the stacked running statistics are passed through `vmap` as batched tensors, so
 BatchNorm's own in-place update writes each network's slice of the stacked buffer (and
@@ -30,6 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import ConfigError
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # whose `weight` is prunable by default
+FAST = (nn.Linear, nn.ReLU, nn.Flatten)  # an nn.Sequential of exactly these types runs without vmap
 
 
 def load_factory(path: str, key: str = "model.name") -> Callable[..., nn.Module]:
@@ -126,6 +129,8 @@ class GenericStack(nn.Module):
         for name, b in net._buffers.items():
             self.register_buffer(name, b, persistent=name not in net._non_persistent_buffers_set)
         self.n = len(nets)
+        # A plain MLP skips vmap: the hand-stacked layout of lottery.models (see _linear)
+        self.fast = vectorize and type(net) is nn.Sequential and all(type(m) in FAST for m in net)
 
     def train(self, mode: bool = True) -> GenericStack:
         self.net.training = mode
@@ -133,6 +138,8 @@ class GenericStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, B, ...) (each network its batch) or (1, B, ...) (one batch for all) -> (N, B, ...)."""
+        if self.fast:
+            return _mlp_forward(self.net, x)
         params, buffers = dict(self.named_parameters()), dict(self.named_buffers())
         shared = x.shape[0] == 1 and self.n > 1
         if not self.vectorize:  # one network at a time, on views of the stacked tensors
@@ -143,6 +150,34 @@ class GenericStack(nn.Module):
 
     def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.net, (params, buffers), (x,))
+
+
+def _mlp_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A stacked nn.Sequential of Linear / ReLU / Flatten (holding stacked parameters) on (N|1, B, ...)."""
+    for m in net:
+        if isinstance(m, nn.Linear):
+            x = _linear(x, m.weight, m.bias)
+        elif isinstance(m, nn.Flatten):
+            x = x.flatten(*(d if d < 0 else d + 1 for d in (m.start_dim, m.end_dim)))  # past the network dim
+        else:
+            x = torch.relu(x)
+    return x
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """(N|1, B, in) -> (N, B, out) with stacked weights (N, out, in), bias (N, out), as W @ x^T.
+
+    The layout of lottery.models.StackedLinear: the weight gradient comes out in the weight's
+    own layout, and the next layer takes the transposed view without a copy (vmap's batched
+    matmul was 1.5-3x slower per LeNet step, benchmarks/generic.py).
+    """
+    n, d_out, d_in = w.shape
+    if x.shape[0] != n:  # one input for all networks (evaluation): a single GEMM, bias included
+        w2, xt = w.reshape(n * d_out, d_in), x[0].t()
+        out = (w2 @ xt if b is None else torch.addmm(b.reshape(n * d_out, 1), w2, xt)).view(n, d_out, -1)
+    else:
+        out = torch.bmm(w, x.transpose(1, 2)) if b is None else torch.baddbmm(b[:, :, None], w, x.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -175,6 +175,26 @@ def test_stack_equals_networks_trained_one_by_one(float64, name, optimizer):
 
 
 
+def no_bias_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 20, bias=False), nn.ReLU(inplace=True), nn.Linear(20, 10))
+
+
+@pytest.mark.parametrize("factory", [mlp, no_bias_mlp])
+def test_a_plain_mlp_skips_vmap_with_the_same_result(float64, factory):
+    fast, slow = generic.build(factory, SEEDS, 10, SHAPE), generic.build(factory, SEEDS, 10, SHAPE)
+    slow.fast = False  # the vmap path
+    assert fast.fast and not generic.build(cnn, SEEDS, 10, SHAPE).fast
+    assert not generic.build(factory, SEEDS, 10, SHAPE, vectorize=False).fast
+    xs, ys = batches(3, 5)
+    for model in (fast, slow):
+        train_steps(model, xs, ys, half_mask(model), "adam")
+        model.eval()
+    for k, v in fast.state_dict().items():
+        assert torch.allclose(v, slow.state_dict()[k], rtol=0, atol=1e-12), k
+    for x in (xs[0], xs[0, :1]):  # each network its batch, one batch for all
+        assert torch.allclose(fast(x), slow(x), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- bad input
 
 
