@@ -227,6 +227,24 @@ def kinds(model: nn.Module, layers: list[str] | None = None, ignore: list[str] |
     return out
 
 
+def layer_rates(kinds: dict[str, str], kind_rates: dict[str, float], patterns: dict[str, float] | None = None,
+                key: str = "prune.layer_rates") -> dict[str, float]:
+    """Each prunable weight's rate: its kind's rate, unless a glob pattern (fnmatch on its name) gives its own.
+
+    Where several patterns match a weight, the first one (in the order given) wins. A pattern
+    that matches no prunable weight, or a rate outside [0, 1), is a ConfigError naming `key`.
+    """
+    rates = {k: kind_rates[kind] for k, kind in kinds.items()}
+    for p, r in (patterns or {}).items():
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r < 1:
+            raise ConfigError(f"{key}: {p!r}: rate {r!r} is not allowed, expected a number in [0, 1)")
+        if not any(fnmatch.fnmatchcase(k, p) for k in kinds):
+            raise ConfigError(f"{key}: pattern {p!r} matches no prunable weight; prunable: {', '.join(kinds)}")
+    for k in kinds:
+        rates[k] = next((r for p, r in (patterns or {}).items() if fnmatch.fnmatchcase(k, p)), rates[k])
+    return rates
+
+
 @torch.no_grad()
 def check(model: nn.Module, x_batch: torch.Tensor, y: torch.Tensor, num_classes: int, key: str = "model.name") -> None:
     """A dry forward on one batch (B, *input shape) before any training, in eval then in train mode.
