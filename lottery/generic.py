@@ -88,6 +88,11 @@ def build(factory: Callable[..., nn.Module], seeds: list[int], num_classes: int,
             raise ConfigError(f"{key}: {source(factory)}({_call(kw)}) returned a {type(net).__name__}, "
                               "expected a torch.nn.Module")
         nets.append(net)
+    shapes = [{k: v.shape for k, v in net.state_dict().items()} for net in nets]
+    for s, net, shape in zip(seeds[1:], nets[1:], shapes[1:]):
+        if shape != shapes[0] or net is nets[0]:
+            raise ConfigError(f"{key}: {source(factory)}({_call(kw)}) returned a different or the same network for "
+                              f"seeds {seeds[0]} and {s}; expected a new network of one architecture per call")
     return GenericStack(nets, source(factory), vectorize)
 
 
@@ -115,12 +120,12 @@ class GenericStack(nn.Module):
         super().__init__()
         params, buffers = stack_module_state(nets)
         net, self.source, self.vectorize = nets[0], source, vectorize
-        for name, t in params.items():
-            owner, leaf = _owner(net, name)
-            owner._parameters[leaf] = nn.Parameter(t.detach())
-        for name, t in buffers.items():
-            owner, leaf = _owner(net, name)
-            owner._buffers[leaf] = t
+        # every reference to a tensor of the first copy (tied weights included) -> its stack
+        stacked = {id(p): nn.Parameter(params[k].detach()) for k, p in net.named_parameters()}
+        stacked.update({id(b): buffers[k] for k, b in net.named_buffers()})
+        for m in net.modules():
+            for d in (m._parameters, m._buffers):
+                d.update({leaf: stacked[id(t)] for leaf, t in d.items() if t is not None})
         object.__setattr__(self, "net", net)  # not a child: its children and own tensors are registered here
         for name, child in net.named_children():
             self.add_module(name, child)
@@ -178,11 +183,6 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     else:
         out = torch.bmm(w, x.transpose(1, 2)) if b is None else torch.baddbmm(b[:, :, None], w, x.transpose(1, 2))
     return out.transpose(1, 2)
-
-
-def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:
-    prefix, _, leaf = name.rpartition(".")
-    return net.get_submodule(prefix), leaf
 
 
 def prunable(model: nn.Module, layers: list[str] | None = None, ignore: list[str] | None = None) -> list[str]:

@@ -40,6 +40,17 @@ def not_a_module(num_classes: int) -> str:
     return "a string"
 
 
+ONE = nn.Linear(48, 10)
+
+
+def one_instance() -> nn.Module:
+    return ONE
+
+
+def random_width() -> nn.Module:
+    return nn.Linear(48, int(torch.randint(5, 50, ())))
+
+
 NOT_CALLABLE = 42
 FACTORIES = {"mlp": mlp, "cnn": cnn}
 
@@ -195,6 +206,28 @@ def test_a_plain_mlp_skips_vmap_with_the_same_result(float64, factory):
         assert torch.allclose(fast(x), slow(x), rtol=0, atol=1e-12)
 
 
+def tied() -> nn.Module:  # two layers sharing one weight (as tied embeddings do)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 48), nn.Tanh(), nn.Linear(48, 10))
+    net[3].weight = net[1].weight
+    return net
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_tied_weights_stay_tied(float64, vectorize):
+    stack = generic.build(tied, SEEDS, 10, SHAPE, vectorize=vectorize)
+    assert stack.get_submodule("3").weight is stack.get_submodule("1").weight
+    assert "3.weight" not in dict(stack.named_parameters()) and "3.weight" in stack.state_dict()  # as in the module
+    xs, ys = batches(3, 5)
+    train_steps(stack, xs, ys, {}, "adam")
+    for i, s in enumerate(SEEDS):
+        torch.manual_seed(s)
+        plain = tied()
+        train_steps(plain, xs[:, i : i + 1], ys[:, i : i + 1], {}, "adam")
+        for k, v in plain.state_dict().items():
+            same = torch.equal(stack.state_dict()[k][i], v)
+            assert same if not vectorize else torch.allclose(stack.state_dict()[k][i], v, rtol=0, atol=1e-12), k
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -225,6 +258,11 @@ def test_build_errors_name_the_factory():
     with pytest.raises(ConfigError, match=rf"^model.name: {__name__}:not_a_module\(num_classes=10\) returned a str, "
                                           "expected a torch.nn.Module$"):
         generic.build(not_a_module, [0], 10, SHAPE)
+    for factory in (one_instance, random_width):
+        with pytest.raises(ConfigError, match=rf"^model.name: {__name__}:{factory.__name__}\(\) returned a different or the "
+                                              "same network for seeds 0 and 1; expected a new network of one "
+                                              "architecture per call$"):
+            generic.build(factory, [0, 1], 10, SHAPE)
 
 
 def test_check_passes_a_good_model_and_leaves_it_untouched():
