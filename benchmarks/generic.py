@@ -92,7 +92,9 @@ def main() -> None:
     for _ in range(args.passes):
         for c in cases:
             model, names = lenet_case(*c)
-            best[c] = min(best[c], seconds_per_1k(model, names, data, args.iterations, 60))
+            t = seconds_per_1k(model, names, data, args.iterations, 60)
+            best[c] = min(best[c], t)
+            print(f"  lenet {c[0]:>7} N={c[1]}: {t:.2f} s / 1k it", flush=True)
     print("\n| case | N | s / 1k it | / builtin |\n|---|---|---|---|")
     for kind, n in cases:
         ratio = f"{best[kind, n] / best['builtin', n]:.2f}x" if kind != "builtin" else ""

@@ -228,6 +228,25 @@ def test_tied_weights_stay_tied(float64, vectorize):
             assert same if not vectorize else torch.allclose(stack.state_dict()[k][i], v, rtol=0, atol=1e-12), k
 
 
+def dropout_net() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 64), nn.Dropout(0.5), nn.Linear(64, 10))
+
+
+def test_dropout_draws_its_own_mask_per_network_in_train_mode_only():
+    stack = generic.build(dropout_net, [0, 0], 10, SHAPE)  # two identical networks
+    assert not stack.fast  # Dropout is not in the fast path's layers
+    x = torch.randn(1, 8, *SHAPE)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    generic.check(stack, x[0], torch.arange(8), 10)
+    assert torch.equal(torch.get_rng_state(), before)  # the dry forward leaves the global RNG alone
+    out = stack(x)
+    assert not torch.equal(out[0], out[1])  # randomness="different": one dropout mask per network
+    stack.eval()
+    out = stack(x)
+    assert torch.equal(out[0], out[1])
+
+
 # ---------------------------------------------------------------- bad input
 
 
