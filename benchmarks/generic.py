@@ -12,7 +12,7 @@ for LeNet, 64 for ResNet-18), evaluation only at the end on 100 examples. LeNet 
 `--passes` times, each reporting its best pass (this machine's speed drifts; interleaving exposes
 every case to the same drift). Prints seconds per 1,000 iterations and ratios, never asserts speed.
 
-    python benchmarks/generic.py [--quick] [--iterations N] [--passes P] [--resnet-iterations K]
+    python benchmarks/generic.py [--quick | --smoke] [--iterations N] [--passes P] [--resnet-iterations K] [--no-resnet]
 """
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return torchvision.models.resnet18(num_classes=num_classes)
 
 
-def random_data(shape: tuple[int, ...], n_train: int) -> dict[str, torch.Tensor]:
+def random_data(shape: tuple[int, ...], n_train: int, n_eval: int = 100) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     data = {}
-    for split, n in [("train", n_train), ("val", 100), ("test", 100)]:
+    for split, n in [("train", n_train), ("val", n_eval), ("test", n_eval)]:
         data[f"x_{split}"] = torch.randn(n, *shape, generator=gen)
         data[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
     return data
@@ -80,13 +80,20 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--resnet-iterations", type=int, default=3)
     ap.add_argument("--no-resnet", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
+    ap.add_argument("--smoke", action="store_true", help="2 iterations a case, ResNet-18 on batches of 4, N = 1, 2 (tests)")
     args = ap.parse_args()
     if args.quick:
         args.iterations, args.passes, args.resnet_iterations = 200, 1, 2
+    if args.smoke:
+        args.iterations, args.passes, args.resnet_iterations = 2, 1, 1
+    nets, batch = ((1, 2), 4) if args.smoke else ((1, 6), 64)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; seconds per 1,000 iterations")
 
-    data = random_data((1, 28, 28), 10_000)
+    data = random_data((1, 28, 28), 10_000, 8 if args.smoke else 100)
     cases = [(kind, n) for n in (1, 6) for kind in ("builtin", "generic", "vmap")]
     best = {c: float("inf") for c in cases}
     for _ in range(args.passes):
@@ -102,13 +109,15 @@ def main() -> None:
 
     if args.no_resnet:
         return
-    data = random_data((3, 32, 32), 640)
+    data = random_data((3, 32, 32), 640, 8 if args.smoke else 100)
+    print(f"\n| torchvision resnet18, batch {batch} | N | s / 1k it | / N=1 (per network) |\n|---|---|---|---|")
     rows = {}
-    for n in (1, 6):
+    for n in nets:
         model = generic.build(resnet18, list(range(n)), 10, (3, 32, 32))
-        generic.check(model, data["x_train"][:64], data["y_train"], 10)
-        rows[n] = seconds_per_1k(model, generic.prunable(model), data, args.resnet_iterations, 64)
-        print(f"| resnet18 generic | {n} | {rows[n]:.0f} | {rows[n] / rows[1]:.2f}x N=1 ({rows[n] / rows[1] / n:.2f}x per network) |")
+        generic.check(model, data["x_train"][:batch], data["y_train"], 10)
+        rows[n] = seconds_per_1k(model, generic.prunable(model), data, args.resnet_iterations, batch)
+        print(f"| resnet18 generic | {n} | {rows[n]:.0f} | {rows[n] / rows[1]:.2f}x ({rows[n] / rows[1] / n:.2f}x) |",
+              flush=True)
 
 
 if __name__ == "__main__":
