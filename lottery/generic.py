@@ -110,7 +110,7 @@ class GenericStack(nn.Module):
     plain modules bit for bit. With vmap, linear layers become batched matmuls and
     convolutions grouped ones, which round differently from the single-module kernels in the
     last bits: a stack of N then equals N stacks of 1 bit for bit, and the plain modules to
-    rounding (~1e-16 in float64, tested).
+    rounding (differences of ~1e-16 seen in float64; tested to 1e-12).
 
     The stacked tensors live in the first copy's own submodules, registered here under their
     own names, so `state_dict()` keys are exactly the single module's keys (values (N, ...)).
@@ -174,7 +174,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
 
     The layout of lottery.models.StackedLinear: the weight gradient comes out in the weight's
     own layout, and the next layer takes the transposed view without a copy (vmap's batched
-    matmul was 1.5-3x slower per LeNet step, benchmarks/generic.py).
+    matmul took 1.3-1.5x the time per LeNet step, 1 and 6 networks, benchmarks/generic.py).
     """
     n, d_out, d_in = w.shape
     if x.shape[0] != n:  # one input for all networks (evaluation): a single GEMM, bias included
