@@ -5,6 +5,7 @@
                     (a plain MLP: its hand-stacked fast path)
   lenet vmap N      the same through vmap(functional_call) (the path of any other module)
   resnet18 N        torchvision resnet18(num_classes=10) through the generic path, CIFAR-shaped random data
+                    (vmap; "loop": vectorize=False, one network after the other)
 
 Every case is the round stage's train step: lottery.training.train (Adam 1.2e-3, masks, batch 60
 for LeNet, 64 for ResNet-18), evaluation only at the end on 100 examples. LeNet runs `--iterations`
@@ -109,14 +110,15 @@ def main() -> None:
 
     if args.no_resnet:
         return
-    data = random_data((3, 32, 32), 640, 8 if args.smoke else 100)
+    data = random_data((3, 32, 32), 640, 8)  # evaluation is not the step: 8 images
     print(f"\n| torchvision resnet18, batch {batch} | N | s / 1k it | / N=1 (per network) |\n|---|---|---|---|")
     rows = {}
-    for n in nets:
-        model = generic.build(resnet18, list(range(n)), 10, (3, 32, 32))
+    for n, vectorize in [(nets[0], True), (nets[1], True), (nets[1], False)]:
+        model = generic.build(resnet18, list(range(n)), 10, (3, 32, 32), vectorize=vectorize)
         generic.check(model, data["x_train"][:batch], data["y_train"], 10)
-        rows[n] = seconds_per_1k(model, generic.prunable(model), data, args.resnet_iterations, batch)
-        print(f"| resnet18 generic | {n} | {rows[n]:.0f} | {rows[n] / rows[1]:.2f}x ({rows[n] / rows[1] / n:.2f}x) |",
+        t = rows[n, vectorize] = seconds_per_1k(model, generic.prunable(model), data, args.resnet_iterations, batch)
+        base = rows[nets[0], True]
+        print(f"| resnet18 generic{'' if vectorize else ' loop'} | {n} | {t:.0f} | {t / base:.2f}x ({t / base / n:.2f}x) |",
               flush=True)
 
 
