@@ -1,6 +1,10 @@
 """Any nn.Module stacked with torch.func (lottery.generic): stack == one by one, prunable weights, bad input."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -399,10 +403,6 @@ def test_trains_with_the_training_loop_and_keeps_pruned_weights_zero():
 
 
 def test_the_benchmark_prints_its_tables():  # it never asserts a speed
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     p = subprocess.run([sys.executable, str(root / "benchmarks/generic.py"), "--smoke", "--threads", "1"],
                        capture_output=True, text=True, check=True, cwd=root)
