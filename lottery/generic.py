@@ -227,8 +227,8 @@ def kinds(model: nn.Module, layers: list[str] | None = None, ignore: list[str] |
     return out
 
 
-def layer_rates(kinds: dict[str, str], kind_rates: dict[str, float], patterns: dict[str, float] | None = None,
-                key: str = "prune.layer_rates") -> dict[str, float]:
+def pattern_rates(kinds: dict[str, str], kind_rates: dict[str, float], patterns: dict[str, float] | None = None,
+                  key: str = "prune.layer_rates") -> dict[str, float]:
     """Each prunable weight's rate: its kind's rate, unless a glob pattern (fnmatch on its name) gives its own.
 
     Where several patterns match a weight, the first one (in the order given) wins. A pattern

@@ -363,19 +363,19 @@ def test_prunable_errors_name_the_key_and_the_pattern():
         generic.prunable(no_weights)
 
 
-def test_layer_rates_override_the_kind_rates_by_pattern():
+def test_pattern_rates_override_the_kind_rates_by_pattern():
     stack = generic.build(cnn, [0, 1], 10, SHAPE)
     kinds = generic.kinds(stack)
     per_kind = {"conv": 0.15, "fc": 0.2, "output": 0.1}  # the output layer at half the rate by default
-    assert generic.layer_rates(kinds, per_kind) == {"0.weight": 0.15, "5.weight": 0.2, "7.weight": 0.1}
-    assert generic.layer_rates(kinds, per_kind, {"[57].weight": 0.5, "7.*": 0.0}) == {
+    assert generic.pattern_rates(kinds, per_kind) == {"0.weight": 0.15, "5.weight": 0.2, "7.weight": 0.1}
+    assert generic.pattern_rates(kinds, per_kind, {"[57].weight": 0.5, "7.*": 0.0}) == {
         "0.weight": 0.15, "5.weight": 0.5, "7.weight": 0.5}  # the first matching pattern wins
     with pytest.raises(ConfigError, match=r"^prune.layer_rates: pattern 'fc\*' matches no prunable weight; "
                                           r"prunable: 0.weight, 5.weight, 7.weight$"):
-        generic.layer_rates(kinds, per_kind, {"fc*": 0.3})
+        generic.pattern_rates(kinds, per_kind, {"fc*": 0.3})
     with pytest.raises(ConfigError, match=r"^prune.layer_rates: '0.weight': rate 1.5 is not allowed, expected a "
                                           r"number in \[0, 1\)$"):
-        generic.layer_rates(kinds, per_kind, {"0.weight": 1.5})
+        generic.pattern_rates(kinds, per_kind, {"0.weight": 1.5})
 
 
 # ---------------------------------------------------------------- with the training loop
