@@ -1,8 +1,8 @@
 """The step engine: one optimizer step of a stack of masked networks, as fast as the device allows.
 
-`Step(model, mask, cfg, losses)` builds the optimizer; `step(idx, lr)`
-sets the learning rate, computes `losses(idx)` (one loss per network), back-propagates, steps the
-optimizer and keeps pruned weights at exactly zero (`Step.hold_pruned`, the one place that does).
+`step = Step(model, mask, cfg, losses)` builds the optimizer; `step(idx, lr)` sets the learning
+rate, computes `losses(idx)` (one loss per network), back-propagates, steps the optimizer and
+keeps pruned weights at exactly zero (`Step.hold_pruned`, the one place that does).
 With `fast` (the default) it takes shortcuts that give the same weights as the plain path
 (every step eager through `Optimizer.step`, then the mask multiply; tested):
   - CPU, Adam: the fused kernel is called directly (`direct_step`), and after the first step
