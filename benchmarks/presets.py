@@ -30,9 +30,10 @@ PRESETS = ["lenet", "conv2", "conv4", "conv6", "vgg19", "resnet20"]
 
 
 def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float:
-    from lottery.training import resolve_device, train
+    from lottery.cli import configure_runtime
+    from lottery.training import train
 
-    dev = resolve_device(device, cfg.train.precision)
+    dev = configure_runtime(device, cfg.train.precision)  # as the round stage: mallopt, and CUDA's settings
     shape = SHAPES[cfg.data.dataset]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(max(2000, cfg.train.batch_size * 4), *shape, generator=g)

@@ -119,9 +119,10 @@ def case_ours(iters: int, n: int, precision: str = "float32", fast: bool = True)
 
     from lottery import masks, models
     from lottery.config import TrainConfig
-    from lottery.training import evaluate, resolve_device, train
+    from lottery.cli import configure_runtime
+    from lottery.training import evaluate, train
 
-    resolve_device(DEVICE, precision)
+    configure_runtime(DEVICE, precision)  # as the round stage: mallopt, and CUDA's settings
     x, y = _data()
     data = {"x_train": x, "y_train": y, "x_val": x[:10], "y_val": y[:10], "x_test": x[:10], "y_test": y[:10]}
     model = models.build("lenet-300-100", list(range(n))).to(DEVICE)

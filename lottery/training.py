@@ -7,9 +7,7 @@ The test set is only evaluated on the weights chosen by validation and on the fi
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .artifacts import atomic_save
 from .config import ConfigError, TrainConfig
-from .masks import Mask, apply
-
-
-GRAPH_WARMUP = 3  # eager steps before the CUDA graph capture (optimizer state, cuBLAS handles)
+from .masks import Mask
+from .step import Step, set_lr
 
 
 class NumericalError(RuntimeError):
@@ -70,36 +67,15 @@ def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[in
     return h.hexdigest()[:20]
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from handing freed blocks back to the kernel between training steps.
-
-    Every step frees the gradients (`zero_grad(set_to_none=True)`) and allocates them again.
-    With glibc's adaptive defaults, blocks of a few MB are mmapped or trimmed away, so each
-    step page-faulted its new gradients in again: about 1,000 faults a step for 10 stacked
-    LeNets, whose steps ran 17-35% faster without them. Keeping the blocks in the heap makes
-    a step reuse the last one's memory. No-op where the C library has no mallopt.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MiB come from the heap
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
-
-
 def resolve_device(name: str, precision: str = "float32") -> torch.device:
-    """cpu, cuda or auto. On CUDA, deterministic kernels are switched on (same bytes per rerun),
-    and TF32 tensor cores are used only when `precision` is tf32 (float32 means float32)."""
+    """cpu, cuda or auto, checked against this machine and `precision` (tf32 needs CUDA).
+
+    Changes nothing in the process: `lottery.cli.configure_runtime` applies the settings a device needs."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
-        torch.use_deterministic_algorithms(True, warn_only=True)  # max-pool backward has no deterministic CUDA kernel
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    elif precision == "tf32":
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
+    if name != "cuda" and precision == "tf32":
         raise ConfigError(f"train.precision: 'tf32' is not allowed on {name} (TF32 is a CUDA tensor-core mode); "
                           "use float32 or bfloat16")
     return torch.device(name)
@@ -110,81 +86,6 @@ def autocast(device: torch.device, precision: str):
     if precision != "bfloat16":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-
-
-def make_optimizer(params, cfg: TrainConfig, device: torch.device = torch.device("cpu")) -> torch.optim.Optimizer:
-    # Element-wise optimizers on stacked tensors equal one optimizer per network. The fused
-    # kernels are about 2x faster than foreach on 2 CPU cores (LeNet, 6 networks). On CUDA
-    # the learning rate and Adam's step count live on the device, so that a captured CUDA
-    # graph of the step sees the schedule (set_lr).
-    lr = torch.tensor(cfg.lr, device=device) if device.type == "cuda" else cfg.lr
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=True,
-                                capturable=device.type == "cuda")
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
-
-
-def direct_step(opt: torch.optim.Optimizer):
-    """`opt.step` for a fused CPU Adam, minus its per-step Python (about 0.3 ms a step).
-
-    The first call is a real `opt.step()` (it creates the state); later calls run what it
-    would: add 1 to every step count, then the same fused kernel on the same state tensors,
-    at the group's current lr. So `opt.state_dict()` (resume points) stays valid and the
-    result is bit-identical (tested); 7 to 11% faster per step on LeNet stacks of 1 to 10.
-    Any other optimizer, or a step where a gradient is missing, goes through `opt.step()`.
-    """
-    group = opt.param_groups[0]
-    if not (type(opt) is torch.optim.Adam and group["fused"] and len(opt.param_groups) == 1
-            and not group["amsgrad"] and not group["maximize"] and not group.get("decoupled_weight_decay")):
-        return opt.step
-    params = group["params"]
-    lists = []
-
-    def step() -> None:
-        grads = [p.grad for p in params]
-        if not lists or any(g is None for g in grads):
-            opt.step()
-            states = [opt.state[p] for p in params]
-            lists[:] = [[s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "step")] if all(states) else []
-            return
-        exp_avgs, exp_avg_sqs, steps = lists
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                           maximize=False, grad_scale=None, found_inf=None)
-
-    return step
-
-
-def stop_pruned_updates(opt: torch.optim.Optimizer, weights: list[torch.Tensor], keep: list[torch.Tensor]) -> bool:
-    """Make Adam itself leave pruned weights at exactly zero: no mask multiply after each step.
-
-    Adam moves a weight by lr * m_hat / (sqrt(v_hat) + eps). With v = +inf where `keep` is 0,
-    that move is exactly zero for any finite m, and L2 or decoupled weight decay scale a zero
-    weight to zero, so a weight that the mask has zeroed stays zero (a non-finite m would need
-    a non-finite gradient, which stops training anyway). Weights that survive are untouched:
-    the result is bit-identical to multiplying by the mask after every step (tested). This
-    replaces a pass over every pruned layer per step (10 LeNets: steps 17% faster, median of 6 A/B repeats).
-    Needs Adam's state, so call it after a step; returns False, doing nothing, for any other
-    optimizer or before the state exists.
-    """
-    if not isinstance(opt, torch.optim.Adam):
-        return False
-    states = [opt.state.get(p) for p in weights]
-    if not all(s and "exp_avg_sq" in s for s in states):
-        return False
-    for s, k in zip(states, keep):  # (amsgrad's running maximum of v then becomes inf too)
-        s["exp_avg_sq"].masked_fill_(k == 0, float("inf"))
-    return True
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
 
 
 @torch.no_grad()
@@ -213,21 +114,92 @@ def _check_finite(model: nn.Module, loss: torch.Tensor, it: int, label: str) -> 
     raise NumericalError(f"{label}: non-finite loss at iteration {it} in network(s) {nets}; {where}. No checkpoint written.")
 
 
-def train(
-    model: nn.Module,
-    mask: Mask,
-    data: dict[str, torch.Tensor],
-    cfg: TrainConfig,
-    order_seeds: list[int],
-    label: str = "train",
-    log=print,
-    resume_dir: Path | None = None,
-    checkpoint_seconds: float = 120.0,
-    start: int = 0,
-    constant_lr: float | None = None,
-    augment: bool = False,
-    fast: bool = True,
-) -> Result:
+class Orders:
+    """The data orders of a stack: one generator per distinct seed, so networks that share a seed
+    share batches; `next_batch()` gives the indices (orders, B) of every order's next batch."""
+
+    def __init__(self, order_seeds: list[int], n_train: int, bs: int, device: torch.device, augment: bool):
+        uniq = sorted(set(order_seeds))
+        self.gens = [torch.Generator().manual_seed(s) for s in uniq]
+        self.net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=device)
+        self.identity = len(uniq) == len(order_seeds) and uniq == list(order_seeds)
+        self.n_train, self.bs, self.device, self.augment = n_train, bs, device, augment
+        self.perms, self.pos = None, n_train
+
+    def next_batch(self) -> torch.Tensor:
+        if self.pos + self.bs > self.n_train:  # a new permutation for every data order
+            self.perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.gens]).to(self.device)
+            self.pos = 0
+        self.pos += self.bs
+        return self.perms[:, self.pos - self.bs : self.pos]
+
+    def skip(self) -> None:
+        """Consume one batch's orders (and augmentation draws), unused: the iterations before a rewind point."""
+        self.next_batch()
+        if self.augment:
+            for g in self.gens:
+                _augment_draws(g, self.bs)
+
+    def gather(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every network's batch (N, B, ...) of the order indices `idx` (orders, B)."""
+        if not (self.identity or self.augment):  # each network's batch, gathered once
+            idx = idx[self.net_order]
+        # index_select copies whole rows: 2.6x faster than x[idx] (LeNet, 10 orders)
+        xb = torch.index_select(x, 0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+        yb = torch.index_select(y, 0, idx.reshape(-1)).view(idx.shape)
+        if self.augment:  # one draw per data order, then each network takes its order's batch
+            xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(self.gens)])
+            if not self.identity:
+                xb, yb = xb[self.net_order], yb[self.net_order]
+        return xb, yb
+
+
+class EarlyStop:
+    """Per network, the weights, validation loss and iteration of the minimum validation loss; the curve."""
+
+    def __init__(self, state: dict[str, torch.Tensor], n_nets: int):
+        self.best = {k: v.clone() for k, v in state.items()}
+        self.loss = torch.full((n_nets,), float("inf"), dtype=torch.float64)
+        self.it = torch.zeros(n_nets, dtype=torch.long)
+        self.curve: list[dict] = []
+
+    def update(self, it: int, state: dict[str, torch.Tensor], val_loss: torch.Tensor, val_acc: torch.Tensor) -> None:
+        better = val_loss < self.loss
+        if better.any():
+            for k, b in self.best.items():
+                b[better.to(b.device)] = state[k][better.to(b.device)]
+            self.loss = torch.where(better, val_loss, self.loss)
+            self.it = torch.where(better, torch.tensor(it), self.it)
+        self.curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
+
+
+def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop) -> None:
+    atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(),
+                 "gens": [g.get_state() for g in orders.gens], "best_loss": stop.loss, "best_it": stop.it,
+                 "curve": stop.curve, "perms": orders.perms, "pos": orders.pos}, path)
+
+
+def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log) -> int | None:
+    """Restore the loop state saved at `path`; returns the iteration it was saved at (None: unreadable)."""
+    try:
+        st = torch.load(path, map_location=orders.device, weights_only=True)
+    except Exception as e:  # a torn scratch file is not worth failing for: start over
+        log(f"[{label}] ignoring unreadable resume checkpoint {path} ({type(e).__name__})")
+        return None
+    model.load_state_dict(st["state"])
+    stop.best = st["best"]
+    opt.load_state_dict(st["opt"])
+    for g, gs in zip(orders.gens, st["gens"]):
+        g.set_state(gs)
+    stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
+    orders.perms, orders.pos = st["perms"], st["pos"]
+    log(f"[{label}] resumed from {path} at iteration {st['it']}")
+    return st["it"]
+
+
+def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: TrainConfig, order_seeds: list[int],
+          label: str = "train", log=print, resume_dir: Path | None = None, checkpoint_seconds: float = 120.0,
+          start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True) -> Result:
     """Train the stack in place and return its results.
 
     With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
@@ -236,176 +208,67 @@ def train(
     `start` = k resumes the schedule at iteration k (rewinding to θk): the data orders and
     learning-rate schedule continue where an uninterrupted run would be. `constant_lr`
     replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
-    `fast` (the default) takes shortcuts that give the same weights as the plain path
-    (`fast=False`: every step eager through `Optimizer.step`, then the mask multiply; tested).
-    On CPU, Adam steps call the fused kernel directly (`direct_step`), and after the first
-    step Adam's own state holds pruned weights at zero instead of the multiply
-    (`stop_pruned_updates`). On CUDA, without `augment` (whose draws come from CPU
-    generators), the step is captured once as a CUDA graph after a few eager steps and replayed.
+    `fast` (the default) takes the step engine's shortcuts, which give the same weights as the
+    plain path (`fast=False`; see lottery.step).
     """
-    n_nets = len(order_seeds)
     x_train, y_train = data["x_train"], data["y_train"]
-    n_train, bs = len(y_train), cfg.batch_size
+    n_train, bs, device = len(y_train), cfg.batch_size, x_train.device
     if bs > n_train:
         raise ConfigError(f"train.batch_size: {bs} is not allowed (larger than the {n_train} training examples)")
-    device = x_train.device
-    uniq = sorted(set(order_seeds))
-    gens = [torch.Generator().manual_seed(s) for s in uniq]
-    net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=device)
-    identity = len(uniq) == n_nets and uniq == list(order_seeds)
+    orders = Orders(order_seeds, n_train, bs, device, augment)
 
-    keep_freed_memory()
-    model.train()
-    params = list(model.parameters())
-    opt = make_optimizer(params, cfg, device)
-    apply(model, mask)
-    # Layers with nothing pruned (round r0, dense training) need no re-masking after a step.
-    pruned = [k for k, m in mask.items() if not bool(m.all())]
-    weights = [dict(model.named_parameters())[k] for k in pruned]
-    keep = [mask[k].to(p.dtype) for k, p in zip(pruned, weights)]
-
-    state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
-    best = {k: v.clone() for k, v in state.items()}
-    best_loss = torch.full((n_nets,), float("inf"), dtype=torch.float64)
-    best_it = torch.zeros(n_nets, dtype=torch.long)
-    curve: list[dict] = []
-    perms, pos = None, n_train
-    t0 = time.perf_counter()
-    running, since = torch.zeros(n_nets, device=device), 0
-    scratch = resume_dir / f"{_digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment))}.pt" if resume_dir else None
-    first, last_save = start + 1, time.monotonic()
-
-    def epoch() -> torch.Tensor:  # a new permutation for every data order
-        return torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
-
-    for it in range(1, start + 1):  # replay the data orders (and augmentation draws) of iterations 1..k
-        if pos + bs > n_train:
-            perms, pos = epoch(), 0
-        pos += bs
-        if augment:
-            for g in gens:
-                _augment_draws(g, bs)
-    scheduled = constant_lr is None and (cfg.warmup > 0 or len(cfg.lr_drops) > 0)
-    if constant_lr is not None:
-        set_lr(opt, constant_lr)
-    if scratch and scratch.is_file():
-        try:
-            st = torch.load(scratch, map_location=device, weights_only=True)
-        except Exception as e:  # a torn scratch file is not worth failing for: start over
-            log(f"[{label}] ignoring unreadable resume checkpoint {scratch} ({type(e).__name__})")
-        else:
-            model.load_state_dict(st["state"])
-            best = st["best"]
-            opt.load_state_dict(st["opt"])
-            for g, gs in zip(gens, st["gens"]):
-                g.set_state(gs)
-            best_loss, best_it, curve = st["best_loss"], st["best_it"], st["curve"]
-            perms, pos, first = st["perms"], st["pos"], st["it"] + 1
-            log(f"[{label}] resumed from {scratch} at iteration {st['it']}")
-
-    def step(idx: torch.Tensor) -> None:
-        """One optimizer step of every network on the batch of `idx` (orders, B)."""
-        nonlocal weights
-        if not (identity or augment):  # each network's batch, gathered once
-            idx = idx[net_order]
-        # index_select copies whole rows: 2.6x faster than x_train[idx] (LeNet, 10 orders)
-        xb = torch.index_select(x_train, 0, idx.reshape(-1)).view(*idx.shape, *x_train.shape[1:])
-        yb = torch.index_select(y_train, 0, idx.reshape(-1)).view(idx.shape)
-        if augment:  # one draw per data order, then each network takes its order's batch
-            xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(gens)])
-            if not identity:
-                xb, yb = xb[net_order], yb[net_order]
+    def losses(idx: torch.Tensor) -> torch.Tensor:  # (N,): every network on its batch of `idx` (orders, B)
+        xb, yb = orders.gather(x_train, y_train, idx)
         with autocast(device, cfg.precision):
             out = model(xb)
-        losses = F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)  # (N,)
-        losses.sum().backward()
-        opt_step()
-        with torch.no_grad():
-            if weights:
-                torch._foreach_mul_(weights, keep)
-                # CPU only for now: the CUDA graph path was checked bit for bit on an H100 with the multiply
-                if cpu_fast and stop_pruned_updates(opt, weights, keep):
-                    weights = []  # from now on Adam's state holds them at zero: no more multiplies
-            running.add_(losses.detach())
+        return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
 
-    use_graph = fast and device.type == "cuda" and not augment
-    cpu_fast = fast and device.type == "cpu"
-    opt_step = direct_step(opt) if cpu_fast else opt.step
-    graph = idx_buf = None
-    side = torch.cuda.Stream() if use_graph else None
+    model.train()
+    step = Step(model, mask, cfg, losses, fast=fast, graph=not augment, log=log)  # masks the model
+    state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
+    stop = EarlyStop(state, len(order_seeds))
+    digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
+    scratch = resume_dir / f"{digest}.pt" if resume_dir else None
+    t0, last_save, since = time.perf_counter(), time.monotonic(), 0
+    for _ in range(start):  # replay the data orders (and augmentation draws) of iterations 1..k
+        orders.skip()
+    scheduled = constant_lr is None and (cfg.warmup > 0 or len(cfg.lr_drops) > 0)
+    if constant_lr is not None:
+        set_lr(step.opt, constant_lr)
+    resumed = None
+    if scratch and scratch.is_file():
+        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log)
+    first = start + 1 if resumed is None else resumed + 1
+
     for it in range(first, cfg.iterations + 1):
-        if pos + bs > n_train:
-            perms, pos = epoch(), 0
-        idx = perms[:, pos : pos + bs]
-        pos += bs
-        if scheduled:
-            set_lr(opt, lr_at(it, cfg))
-        if graph is not None:
-            idx_buf.copy_(idx)
-            graph.replay()
-        elif use_graph and it - first >= GRAPH_WARMUP:  # capture this step, then run it
-            idx_buf = idx.clone()
-            opt.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients it reuses
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step(idx_buf)
-            graph.replay()
-        elif use_graph:  # eager warm-up steps on a side stream, as CUDA graph capture requires
-            opt.zero_grad(set_to_none=True)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                step(idx)
-            torch.cuda.current_stream().wait_stream(side)
-        else:
-            opt.zero_grad(set_to_none=True)
-            step(idx)
+        step(orders.next_batch(), lr_at(it, cfg) if scheduled else None)
         since += 1
-
         if it % cfg.eval_every == 0 or it == cfg.iterations:
-            _check_finite(model, running, it, label)
+            _check_finite(model, step.running, it, label)
             val_loss, val_acc = evaluate(model, data["x_val"], data["y_val"], precision=cfg.precision)
             val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
             _check_finite(model, val_loss, it, label)
-            better = val_loss < best_loss
-            if better.any():
-                for k, b in best.items():
-                    b[better.to(device)] = state[k][better.to(device)]
-                best_loss = torch.where(better, val_loss, best_loss)
-                best_it = torch.where(better, torch.tensor(it), best_it)
-            curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
+            stop.update(it, state, val_loss, val_acc)
             if scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
-                from .artifacts import atomic_save
-
-                atomic_save({"it": it, "state": state, "best": best, "opt": opt.state_dict(),
-                             "gens": [g.get_state() for g in gens], "best_loss": best_loss, "best_it": best_it,
-                             "curve": curve, "perms": perms, "pos": pos}, scratch)
+                _save_resume(scratch, it, state, step.opt, orders, stop)
                 last_save = time.monotonic()
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
-            _check_finite(model, running, it, label)
-            dt = time.perf_counter() - t0
-            rate = (it - start) / dt
-            last = curve[-1]["val_acc"] if curve else [float("nan")]
-            log(
-                f"[{label}] it {it:>6}/{cfg.iterations}  loss {float(running.mean()) / since:.4f}"
-                f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s ({rate * n_nets:.0f} net-it/s)"
-                f"  ETA {(cfg.iterations - it) / rate:5.0f}s"
-            )
-            running.zero_()
+            _check_finite(model, step.running, it, label)
+            rate = (it - start) / (time.perf_counter() - t0)
+            last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]
+            log(f"[{label}] it {it:>6}/{cfg.iterations}  loss {float(step.running.mean()) / since:.4f}"
+                f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s"
+                f" ({rate * len(order_seeds):.0f} net-it/s)  ETA {(cfg.iterations - it) / rate:5.0f}s")
+            step.running.zero_()
             since = 0
 
     final_loss, final_acc = evaluate(model, data["x_test"], data["y_test"], precision=cfg.precision)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}
-        model.load_state_dict(best)
+        model.load_state_dict(stop.best)
         _, es_acc = evaluate(model, data["x_test"], data["y_test"], precision=cfg.precision)
         model.load_state_dict(final)
     if scratch:
         scratch.unlink(missing_ok=True)
-    return Result(
-        early_stop_iteration=best_it.tolist(),
-        test_accuracy=es_acc.tolist(),
-        final_test_accuracy=final_acc.tolist(),
-        min_val_loss=best_loss.tolist(),
-        curve=curve,
-    )
-
+    return Result(early_stop_iteration=stop.it.tolist(), test_accuracy=es_acc.tolist(),
+                  final_test_accuracy=final_acc.tolist(), min_val_loss=stop.loss.tolist(), curve=stop.curve)

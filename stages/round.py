@@ -7,7 +7,7 @@ import argparse  # noqa: E402
 from pathlib import Path
 
 from lottery import config, rounds  # noqa: E402
-from lottery.cli import run  # noqa: E402
+from lottery.cli import configure_runtime, run  # noqa: E402
 
 
 def main() -> None:
@@ -21,6 +21,7 @@ def main() -> None:
                     help="undeclared scratch folder for periodic resume points (deleted on success)")
     args = ap.parse_args()
     cfg = config.load(args.params)
+    configure_runtime(cfg.train.device, cfg.train.precision)
     rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir),
                      started=STARTED)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import Repo, env_for, ran
@@ -27,10 +28,10 @@ def _data(n=300):
     return {"x_train": x, "y_train": y, "x_val": x[:50], "y_val": y[:50], "x_test": x[50:100], "y_test": y[50:100]}
 
 
-def _run(resume_dir, crash_at=None):
+def _run(resume_dir, crash_at=None, **train_kw):
     model = models.build("mlp-mnist1d", [3, 4])
     mask = masks.ones(model, models.prunable(model))
-    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10)
+    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10, **train_kw)
 
     def log(line):
         if crash_at and f"it {crash_at:>6}/" in line:
@@ -40,16 +41,18 @@ def _run(resume_dir, crash_at=None):
     return model, result
 
 
-def test_resumed_training_is_bit_identical(tmp_path):
-    ref_model, ref = _run(None)
+@pytest.mark.parametrize("train_kw", [dict(), dict(warmup=30, lr_drops=[90])], ids=["adam", "adam-schedule"])
+def test_resumed_training_is_bit_identical(tmp_path, train_kw):
+    # the schedule sets the lr of the optimizer's param group, a new dict after the resume's load_state_dict
+    ref_model, ref = _run(None, **train_kw)
     try:
-        _run(tmp_path, crash_at=70)
+        _run(tmp_path, crash_at=70, **train_kw)
     except Crash:
         pass
     else:
         raise AssertionError("the crash hook did not fire")
     assert len(list(tmp_path.glob("*.pt"))) == 1  # the resume point survived the crash
-    model, result = _run(tmp_path)
+    model, result = _run(tmp_path, **train_kw)
     for (k, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
     assert result == ref

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lottery import masks, models
+from lottery import masks, models, step
+from lottery.cli import configure_runtime
 from lottery.config import ConfigError, TrainConfig
-from lottery.training import NumericalError, Result, resolve_device, stop_pruned_updates, train
+from lottery.step import stop_pruned_updates
+from lottery.training import NumericalError, Result, resolve_device, train
 
 MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
 
@@ -174,7 +176,7 @@ def test_stacked_training_equals_one_by_one():
     ids=["adam", "adam-wd-schedule", "sgd-momentum"],
 )
 def test_fast_path_equals_plain_optimizer_steps_bit_for_bit(train_cfg):
-    # fast=True calls the fused Adam kernel directly (lottery.training.direct_step) and holds
+    # fast=True calls the fused Adam kernel directly (lottery.step.direct_step) and holds
     # pruned weights at zero through Adam's state (stop_pruned_updates); fast=False steps
     # through torch.optim's Optimizer.step and multiplies by the mask after every step
     out = {}
@@ -186,6 +188,26 @@ def test_fast_path_equals_plain_optimizer_steps_bit_for_bit(train_cfg):
     assert out[True][0] == out[False][0]
     for k, v in out[True][1].items():
         assert torch.equal(v, out[False][1][k]), k
+
+
+def test_fused_adam_signature_mismatch_falls_back_to_optimizer_step_with_one_note(monkeypatch):
+    assert step.fused_adam_matches()  # this torch's private kernel takes what direct_step passes
+    runs = {}
+    for mismatch in (False, True):
+        if mismatch:  # as if a torch upgrade had renamed an argument of torch._fused_adam_
+            monkeypatch.setattr(step, "FUSED_ADAM_ARGS", step.FUSED_ADAM_ARGS[:-1] + ("found_infs",))
+            assert not step.fused_adam_matches()
+        lines = []
+        model = models.build(MODEL, [0, 1])
+        res = train(model, half_mask(model), synthetic_data(), cfg(iterations=60, eval_every=20, log_every=30),
+                    order_seeds=[0, 1], log=lines.append)
+        runs[mismatch] = res, model.state_dict(), [line for line in lines if not line.startswith("[train] it ")]
+    assert runs[False][2] == []
+    assert runs[True][2] == ["note: torch._fused_adam_ has an unexpected signature; using Optimizer.step "
+                             "(slower, same results)"]
+    assert runs[True][0] == runs[False][0]
+    for k, v in runs[True][1].items():
+        assert torch.equal(v, runs[False][1][k]), k
 
 
 @pytest.mark.parametrize("opt_cfg", [dict(), dict(weight_decay=0.1), dict(amsgrad=True)], ids=["adam", "l2", "amsgrad"])
@@ -245,6 +267,19 @@ def test_resolve_device_cpu():
 def test_tf32_on_cpu_raises_naming_precision():
     with pytest.raises(ConfigError, match=r"train.precision: 'tf32' is not allowed on cpu"):
         resolve_device("cpu", "tf32")
+    with pytest.raises(ConfigError, match=r"train.precision: 'tf32' is not allowed on cpu"):
+        configure_runtime("cpu", "tf32")
+
+
+def test_configure_runtime_checks_like_resolve_device_and_returns_the_device():
+    # the process-wide settings: glibc's mallopt always (no observable result), CUDA's only on CUDA
+    before = torch.are_deterministic_algorithms_enabled()
+    assert configure_runtime("cpu") == torch.device("cpu")
+    assert configure_runtime("auto") == resolve_device("auto")
+    if not torch.cuda.is_available():
+        assert torch.are_deterministic_algorithms_enabled() == before
+        with pytest.raises(ConfigError, match="train.device"):
+            configure_runtime("cuda")
 
 
 def test_bfloat16_trains_in_bfloat16_and_keeps_float32_masked_weights():
@@ -307,7 +342,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 def _train_on(device: str, seeds, order_seeds, train_cfg, fast=True, mask=None):
-    dev = resolve_device(device, train_cfg.precision)
+    dev = configure_runtime(device, train_cfg.precision)  # deterministic kernels on CUDA
     data = {k: v.to(dev) for k, v in synthetic_data().items()}
     model = models.build(MODEL, seeds)
     mask = half_mask(model, seed=42) if mask is None else mask
@@ -315,6 +350,17 @@ def _train_on(device: str, seeds, order_seeds, train_cfg, fast=True, mask=None):
     res = train(model, {k: m.to(dev) for k, m in mask.items()}, data, train_cfg, order_seeds=order_seeds,
                 log=silent, fast=fast)
     return res, {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+@cuda
+def test_resolve_device_changes_nothing_and_configure_runtime_makes_cuda_deterministic():
+    torch.use_deterministic_algorithms(False)
+    assert resolve_device("cuda", "tf32") == torch.device("cuda")
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert configure_runtime("cuda", "tf32") == torch.device("cuda")
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cuda.matmul.allow_tf32
+    configure_runtime("cuda", "float32")
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
 @cuda
