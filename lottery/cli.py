@@ -12,11 +12,12 @@ def run(main: Callable[[], None]) -> None:
     from .artifacts import ArtifactError
     from .config import ConfigError
     from .data import DataError
+    from .pruning import PruningError
     from .training import NumericalError
 
     try:
         main()
-    except (ConfigError, ArtifactError, DataError, NumericalError, ValueError) as e:
+    except (ConfigError, ArtifactError, DataError, NumericalError, PruningError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 

@@ -7,10 +7,13 @@ Each side is a git revision or a DVC experiment name; its mask is read from the 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
+
+from . import artifacts
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -25,18 +28,25 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str,
 
 
 def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
+    """The round's ticket mask in `rev`, loaded and checked by `artifacts.load` (from a temporary copy)."""
     import dvc.api
     from dvc.scm import RevError
 
     path = f"runs/{round_name}/mask.pt"
     try:
-        with dvc.api.open(path, rev=rev, mode="rb") as f:
-            obj = torch.load(io.BytesIO(f.read()), weights_only=True)
+        blob = dvc.api.read(path, rev=rev, mode="rb")
     except RevError:
         raise SystemExit(f"error: '{rev}' is neither an experiment nor a git revision of this repository (dvc exp show lists them)")
     except FileNotFoundError:
         raise SystemExit(f"error: {path} does not exist in '{rev}' (did that experiment run round {round_name}?)")
-    return obj["tensors"]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "mask.pt"
+        copy.write_bytes(blob)
+        try:
+            mask, _ = artifacts.load(copy, "mask", {"round": round_name})
+        except artifacts.ArtifactError as e:
+            raise SystemExit(f"error: {path} in '{rev}': {str(e).replace(str(copy) + ': ', '')}") from None
+    return mask
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
 CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
+MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
@@ -90,7 +91,7 @@ class PruneConfig:
     global_kinds: list[str] = _help("layer kinds ranked together by the global strategy, at `rate`", ["conv"])
     criterion: str = _help("what is kept: magnitude (|w| trained), magnitude_increase (|w| - |w0|), random", "magnitude")
     schedule: str = _help("iterative (prune the previous round) or oneshot (prune r0 straight to round K's sparsity)", "iterative")
-    rounds: int = _help("pruning rounds after the dense round r0", 15)
+    rounds: int = _help(f"pruning rounds after the dense round r0, at most {MAX_ROUNDS}", 15)
     chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
 
 
@@ -123,16 +124,6 @@ class Config:
         blob = json.dumps({s: _to_dict(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    @property
-    def output_rate(self) -> float:
-        return self.prune.rate / 2 if self.prune.output_rate is None else self.prune.output_rate
-
-    @property
-    def kind_rates(self) -> dict[str, float]:
-        """Per-round pruning rate of each layer kind."""
-        conv = self.prune.rate if self.prune.conv_rate is None else self.prune.conv_rate
-        return {"conv": conv, "fc": self.prune.rate, "output": self.output_rate}
-
 
 def _to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
@@ -142,7 +133,12 @@ def chain(rounds: int, schedule: str = "iterative") -> dict[str, str]:
     """{'r0': 'init', 'r1': 'r0', ...}: each round names the round it prunes (DVC has no arithmetic).
 
     One-shot pruning prunes the dense round every time: {'r0': 'init', 'r1': 'r0', 'r2': 'r0', ...}.
+    Also the resolver of conf/config.yaml (hydra_plugins/lottery_chain), so it checks its inputs:
+    no odd value reaches a round name.
     """
+    _check(isinstance(rounds, int) and not isinstance(rounds, bool) and 0 <= rounds <= MAX_ROUNDS,
+           "prune.rounds", rounds, f"an integer in [0, {MAX_ROUNDS}]")
+    _check(schedule in SCHEDULES, "prune.schedule", schedule, "one of " + ", ".join(SCHEDULES))
     prev = (lambda k: "r0") if schedule == "oneshot" else (lambda k: f"r{k - 1}")
     return {f"r{k}": ("init" if k == 0 else prev(k)) for k in range(rounds + 1)}
 
@@ -250,7 +246,7 @@ def validate(cfg: Config) -> Config:
         _check(kind in KINDS, f"prune.global_kinds[{i}]", kind, "one of " + ", ".join(KINDS))
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
-    _check(p.rounds >= 0, "prune.rounds", p.rounds, "an integer >= 0")
+    _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
     _check(
         p.chain == chain(p.rounds, p.schedule),
         "prune.chain",

@@ -188,8 +188,3 @@ def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     from .artifacts import atomic_save
 
     atomic_save(tensors, Path(path))
-
-
-def shape(dataset: str) -> tuple[int, ...]:
-    return SHAPES[dataset]
-

@@ -326,11 +326,3 @@ def kinds(model: nn.Module) -> dict[str, str]:
     convs = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedConv2d)}
     names = prunable(model)
     return {k: "conv" if k in convs else ("output" if k == names[-1] else "fc") for k in names}
-
-
-def output_layer(model: nn.Module) -> str:
-    return prunable(model)[-1]
-
-
-def n_networks(model: nn.Module) -> int:
-    return next(model.parameters()).shape[0]

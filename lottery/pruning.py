@@ -1,4 +1,4 @@
-"""Pruning: each function takes the current Mask and returns a new one (never in place).
+"""Pruning: the plan of a round, applying it to a Mask (never in place) and checking the result.
 
 Count rule (decided once, tested): a group of weights at rate p that keeps n of them loses
 round_half_up(p * n), computed exactly in decimal, so 20% of 235,200 is 47,040.
@@ -8,30 +8,65 @@ broken by position (stable sort), so the result is deterministic.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 import torch
 
-from .masks import Mask
+from .config import PruneConfig
+from .masks import Mask, is_subset, kept
+
+
+class PruningError(ValueError):
+    """A pruning step cannot meet its plan (a layer would lose every weight) or broke an invariant."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One round's pruning step: layer-wise rates, and the layers ranked together at `pooled_rate`."""
+
+    rates: dict[str, float]  # every layer pruned alone (layers in `pooled` are skipped)
+    pooled: list[str] = field(default_factory=list)
+    pooled_rate: float = 0.0
+
+    def groups(self) -> list[tuple[list[str], float]]:
+        """(layers, rate) of each group that loses its count together: each layer alone, the pooled layers as one."""
+        alone = [([k], r) for k, r in self.rates.items() if k not in self.pooled]
+        return alone + ([(list(self.pooled), self.pooled_rate)] if self.pooled else [])
 
 
 def n_to_prune(rate: float, remaining: int) -> int:
     return int((Decimal(repr(rate)) * remaining).to_integral_value(ROUND_HALF_UP))
 
 
-def layer_rates(names: list[str], output: str, rate: float, output_rate: float) -> dict[str, float]:
-    """The paper's LeNet rates: hidden layers at `rate`, the output layer at its own rate."""
-    return {k: (output_rate if k == output else rate) for k in names}
+def plan(cfg: PruneConfig, kinds: dict[str, str], k: int) -> Plan:
+    """Round k's step from the previous round's mask (kinds: layer -> conv, fc or output; round 0 prunes nothing).
+
+    Per-round rates: conv at `conv_rate` (null = `rate`), fc at `rate`, the output layer at
+    `output_rate` (null = half of `rate`); the global strategy ranks the layers of
+    `global_kinds` together at `rate`. One-shot round k prunes the dense round straight to
+    what k iterative steps leave: rate 1 - (1 - r)^k.
+    """
+    steps = k if cfg.schedule == "oneshot" else min(k, 1)
+
+    def step(r: float) -> float:
+        return r if steps == 1 else 1.0 - (1.0 - r) ** steps
+
+    per_kind = {"conv": cfg.rate if cfg.conv_rate is None else cfg.conv_rate, "fc": cfg.rate,
+                "output": cfg.rate / 2 if cfg.output_rate is None else cfg.output_rate}
+    pooled = [n for n, kind in kinds.items() if kind in cfg.global_kinds] if cfg.strategy == "global" else []
+    return Plan({n: step(per_kind[kind]) for n, kind in kinds.items() if n not in pooled}, pooled, step(cfg.rate))
 
 
-def kind_rates(kinds: dict[str, str], rates: dict[str, float]) -> dict[str, float]:
-    """Per-layer rates from per-kind rates ({'conv': .1, 'fc': .2, 'output': .1})."""
-    return {k: rates[kind] for k, kind in kinds.items()}
+def planned_kept(cfg: PruneConfig, kinds: dict[str, str], dense: dict[str, int], k: int) -> list[tuple[list[str], int]]:
+    """(layers, weights kept) of each group after round k, from the dense counts per layer.
 
-
-def oneshot_rate(rate: float, rounds: int) -> float:
-    """The single-step rate that leaves what `rounds` iterative steps at `rate` would leave."""
-    return 1.0 - (1.0 - rate) ** rounds
+    Iterative: the count rule applied round by round; one-shot: one step from the dense round.
+    """
+    kept_ = [(layers, sum(dense[n] for n in layers)) for layers, _ in plan(cfg, kinds, 1).groups()]
+    for j in (range(1, k + 1) if cfg.schedule == "iterative" else [k]):
+        kept_ = [(layers, n - n_to_prune(rate, n)) for (layers, n), (_, rate) in zip(kept_, plan(cfg, kinds, j).groups())]
+    return kept_
 
 
 def scores(criterion: str, trained: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
@@ -43,7 +78,7 @@ def scores(criterion: str, trained: dict[str, torch.Tensor], start: dict[str, to
         return {k: (w.abs() - start[k].abs()).double() for k, w in trained.items()}
     if criterion == "random":
         return {k: torch.rand(w.shape, generator=gen, dtype=torch.float64) for k, w in trained.items()}
-    raise ValueError(f"prune.criterion: {criterion!r} is not allowed (magnitude, magnitude_increase, random)")
+    raise PruningError(f"prune.criterion: {criterion!r} is not allowed (magnitude, magnitude_increase, random)")
 
 
 def _drop_lowest(score: torch.Tensor, keep: torch.Tensor, rate: float, what: str) -> torch.Tensor:
@@ -51,7 +86,7 @@ def _drop_lowest(score: torch.Tensor, keep: torch.Tensor, rate: float, what: str
     remaining = int(keep.sum())
     k_new = n_to_prune(rate, remaining)
     if k_new >= remaining and remaining > 0:
-        raise ValueError(f"pruning {what} at rate {rate} would remove all its {remaining} weights")
+        raise PruningError(f"pruning {what} at rate {rate} would remove all its {remaining} weights")
     order = torch.argsort(score.masked_fill(~keep, float("-inf")), stable=True)
     out = torch.ones_like(keep)
     out[order[: keep.numel() - remaining + k_new]] = False  # every pruned weight first, then the lowest kept
@@ -59,31 +94,34 @@ def _drop_lowest(score: torch.Tensor, keep: torch.Tensor, rate: float, what: str
 
 
 @torch.no_grad()
-def prune(score: dict[str, torch.Tensor], mask: Mask, rates: dict[str, float],
-          pooled: list[str] = (), pooled_rate: float = 0.0) -> Mask:
-    """Layer-wise at `rates` for every layer not in `pooled`; one global ranking at `pooled_rate` over `pooled`."""
+def prune(score: dict[str, torch.Tensor], mask: Mask, plan: Plan) -> Mask:
+    """The new mask: per network, each group of the plan loses its lowest-scoring kept weights."""
     new = {k: m.clone() for k, m in mask.items()}
-    for k, m in mask.items():
-        if k in pooled:
-            continue
-        for i in range(m.shape[0]):
-            new[k][i] = _drop_lowest(score[k][i].flatten(), m[i].flatten(), rates[k], f"layer '{k}'").view_as(m[i])
-    if pooled:
-        for i in range(next(iter(mask.values())).shape[0]):
-            flat = _drop_lowest(torch.cat([score[k][i].flatten() for k in pooled]),
-                                torch.cat([mask[k][i].flatten() for k in pooled]), pooled_rate,
-                                f"layers {', '.join(pooled)} together")
+    for layers, rate in plan.groups():
+        what = f"layer '{layers[0]}'" if layers != plan.pooled else f"layers {', '.join(layers)} together"
+        for i in range(mask[layers[0]].shape[0]):
+            flat = _drop_lowest(torch.cat([score[k][i].flatten() for k in layers]),
+                                torch.cat([mask[k][i].flatten() for k in layers]), rate, what)
             start = 0
-            for k in pooled:
+            for k in layers:
                 n = mask[k][i].numel()
                 new[k][i] = flat[start : start + n].view_as(mask[k][i])
                 start += n
     return new
 
 
-def magnitude(weights: dict[str, torch.Tensor], mask: Mask, rates: dict[str, float]) -> Mask:
-    """Layer-wise magnitude pruning: per network and layer, drop the smallest |w| still kept."""
-    return prune(scores("magnitude", weights, weights), mask, rates)
+def check(plan: Plan, new: Mask, old: Mask) -> None:
+    """Invariants of a pruning step: masks only shrink, and each group lost exactly its planned count."""
+    if not is_subset(new, old):
+        raise PruningError("pruning revived a weight: the new mask is not a subset of the previous one")
+    before, after = kept(old), kept(new)
+    for layers, rate in plan.groups():
+        b, a = sum(before[k] for k in layers), sum(after[k] for k in layers)
+        for i in range(len(b)):
+            planned = int(b[i]) - n_to_prune(rate, int(b[i]))
+            if int(a[i]) != planned:
+                what = "global pruning" if layers == plan.pooled else f"layer '{layers[0]}'"
+                raise PruningError(f"{what} kept {int(a[i])} weights, planned {planned}")
 
 
 @torch.no_grad()

@@ -15,14 +15,14 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import artifacts, masks, models, pruning
 from .artifacts import ArtifactError
-from .config import Config
+from .config import Config, ConfigError
 from .data import load_prepared
 from .training import resolve_device, train
 
@@ -83,33 +83,47 @@ def _load_round(cfg: Config, runs: Path, name: str, reference: dict[str, torch.T
     return weights, {k: m.bool() for k, m in mask.items()}, meta
 
 
+def _check_kept(cfg: Config, path: Path, mask: masks.Mask, kinds: dict[str, str], name: str) -> None:
+    """A loaded ticket mask keeps exactly what the plan of the round that wrote it keeps (init: every weight)."""
+    dense = {k: m[0].numel() for k, m in mask.items()}
+    kept = masks.kept(mask)
+    k = 0 if name == "init" else round_index(name)
+    for layers, planned in pruning.planned_kept(cfg.prune, kinds, dense, k):
+        for t, n in enumerate(sum(kept[key] for key in layers).tolist()):
+            if n != planned:
+                raise ArtifactError(f"{path}: {', '.join(layers)} of trial {t} keep {n} weights, the plan of {name} "
+                                    f"keeps {planned}; `dvc repro -f` the stage that writes it")
+
+
 @dataclass
 class Stack:
-    """The networks of one round before training: rewound weights and masks, variant-major."""
+    """The networks of one round before training: rewound weights and masks, variant-major (see `rows`)."""
 
-    model: torch.nn.Module
-    mask: masks.Mask
-    ticket_mask: masks.Mask
     variants: list[str]
-    init_seeds: list[int]
-    mask_seeds: list[int | None]
+    trials: int
     names: list[str]
+    ticket_mask: masks.Mask
+    model: torch.nn.Module | None = None
+    mask: masks.Mask | None = None
+    init_seeds: list[int] = field(default_factory=list)
+    mask_seeds: list[int | None] = field(default_factory=list)
+    order_seeds: list[int] = field(default_factory=list)  # data order of each network: its trial's seed
     start: int = 0  # iteration the schedule resumes at (rewinding to θk)
     constant_lr: float | None = None  # fine-tuning
 
-    def rows(self, variant: str) -> slice:
-        n_t = len(self.init_seeds) // len(self.variants)
-        j = self.variants.index(variant)
-        return slice(j * n_t, (j + 1) * n_t)
+    def rows(self, variant: str, trial: int | None = None) -> slice | int:
+        """The rows of `variant` in every stacked tensor (a slice over its trials), or the row of one trial."""
+        j = self.variants.index(variant) * self.trials
+        return slice(j, j + self.trials) if trial is None else j + trial
 
 
 def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     """Prune the previous round's ticket and rewind: the ticket and every control, ready to train."""
     k = round_index(name)
     if cfg.prune.chain.get(name) != prev:
-        raise ValueError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, not {prev!r}")
+        raise ConfigError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, "
+                          f"not {prev!r}")
     seeds = trial_seeds(cfg)
-    variants = ["ticket"] + (list(cfg.controls) if k > 0 else [])
     reference = models.build(cfg.model.name, [0] * cfg.trials).state_dict()
     one = models.build(cfg.model.name, [0])
     names, kinds = models.prunable(one), models.kinds(one)
@@ -120,108 +134,71 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
         raise ArtifactError(f"{runs / 'init' / 'model.pt'}: rewind point at iteration {init_meta.get('iteration', 0)}, "
                             f"rewind.iteration asks for {want_k}; `dvc repro init`")
     prev_weights, prev_mask, _ = _load_round(cfg, runs, prev, reference, names)
+    _check_kept(cfg, runs / prev / "mask.pt", prev_mask, kinds, prev)
 
     # Prune the trained ticket of the round named by the chain (round 0 prunes nothing).
-    if k == 0:
-        ticket_mask = prev_mask
-    else:
-        steps = k if cfg.prune.schedule == "oneshot" else 1
-        kind_rates = {kind: pruning.oneshot_rate(r, steps) for kind, r in cfg.kind_rates.items()}
-        rates = pruning.kind_rates(kinds, kind_rates)
-        pooled = [n for n in names if kinds[n] in cfg.prune.global_kinds] if cfg.prune.strategy == "global" else []
-        pooled_rate = pruning.oneshot_rate(cfg.prune.rate, steps)
+    ticket_mask = prev_mask
+    if k > 0:
+        plan = pruning.plan(cfg.prune, kinds, k)
         gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", name))
         score = pruning.scores(cfg.prune.criterion, {n: prev_weights[n] for n in names}, theta0, gen)
-        ticket_mask = pruning.prune(score, prev_mask, rates, pooled, pooled_rate)
-        _check_planned(ticket_mask, prev_mask, rates, pooled, pooled_rate)
+        ticket_mask = pruning.prune(score, prev_mask, plan)
+        pruning.check(plan, ticket_mask, prev_mask)
+
+    variants = ["ticket"] + (list(cfg.controls) if k > 0 else [])
+    stack = Stack(variants, cfg.trials, names, ticket_mask, start=want_k,
+                  constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None)
+    n = len(variants) * cfg.trials
+    stack.init_seeds, stack.mask_seeds, stack.order_seeds = [0] * n, [None] * n, [0] * n
+    for v in variants:
+        for t, s in enumerate(seeds):
+            i = stack.rows(v, t)
+            stack.init_seeds[i] = derived_seed(cfg.seed, "reinit", t, name) if v == "reinit" else s
+            stack.mask_seeds[i] = derived_seed(cfg.seed, "random", t, name) if v == "random" else None
+            stack.order_seeds[i] = s
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
-
-    init_seeds, mask_seeds = [], []
+    stack.model = models.build(cfg.model.name, stack.init_seeds)
+    state = stack.model.state_dict()
+    stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
     for v in variants:
-        for t, s in enumerate(seeds):
-            init_seeds.append(derived_seed(cfg.seed, "reinit", t, name) if v == "reinit" else s)
-            mask_seeds.append(derived_seed(cfg.seed, "random", t, name) if v == "random" else None)
-    model = models.build(cfg.model.name, init_seeds)
-    state = model.state_dict()
-    n_t, net_masks = len(seeds), []
-    for j, v in enumerate(variants):
+        rows = stack.rows(v)
         if v != "reinit":  # rewind to the start weights, read from the artifacts
             for key in state:
-                state[key][j * n_t : (j + 1) * n_t] = start_weights[key]
+                state[key][rows] = start_weights[key]
+        net_mask = ticket_mask
         if v == "random":
-            gen = torch.Generator().manual_seed(mask_seeds[j * n_t])
-            net_masks.append(pruning.random_like(ticket_mask, gen))
-        else:
-            net_masks.append(ticket_mask)
-    model.load_state_dict(state)
-    mask = {key: torch.cat([m[key] for m in net_masks]) for key in names}
-    masks.apply(model, mask)
-    constant_lr = cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None
-    return Stack(model, mask, ticket_mask, variants, init_seeds, mask_seeds, names, want_k, constant_lr)
+            net_mask = pruning.random_like(ticket_mask, torch.Generator().manual_seed(stack.mask_seeds[rows][0]))
+        for key in names:
+            stack.mask[key][rows] = net_mask[key]
+    stack.model.load_state_dict(state)
+    masks.apply(stack.model, stack.mask)
+    return stack
 
 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
     stack = build_stack(cfg, name, prev, runs)
-    model, mask, variants, names = stack.model, stack.mask, stack.variants, stack.names
-    init_seeds, mask_seeds, ticket_mask = stack.init_seeds, stack.mask_seeds, stack.ticket_mask
-    seeds, k = trial_seeds(cfg), round_index(name)
-    n_t = len(seeds)
-
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device)
-    model.to(device)
-    dev_mask = {key: m.to(device) for key, m in mask.items()}
-    log(f"[{name}] {len(variants) * n_t} networks ({', '.join(variants)} x {n_t} trials), "
-        f"{float(masks.percent_remaining(ticket_mask)[0]):.2f}% of weights remaining, device {device}")
+    stack.model.to(device)
+    dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
+    log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
+        f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
     if started is not None:
         log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
-    result = train(model, dev_mask, data, cfg.train, order_seeds=seeds * len(variants), label=name, log=log,
+    result = train(stack.model, dev_mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, log=log,
                    resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds,
                    start=stack.start, constant_lr=stack.constant_lr, augment=cfg.data.augment)
     seconds = time.perf_counter() - t0
 
-    trained = {key: v.detach().cpu() for key, v in model.state_dict().items()}
-    _check_saved(trained, mask, name)
-
-    # 3. Outputs.
-    out = runs / name
-    tick = stack.rows("ticket")
-    artifacts.save(out / "mask.pt", ticket_mask, _meta(cfg, "mask", name))
-    artifacts.save(out / "model.pt", {key: v[tick] for key, v in trained.items()}, _meta(cfg, "weights", name))
-    controls = {}
-    for v in variants[1:]:
-        rows = stack.rows(v)
-        controls.update({f"{v}/mask/{key}": mask[key][rows] for key in names})
-        controls.update({f"{v}/weights/{key}": val[rows] for key, val in trained.items()})
-    artifacts.save(out / "controls.pt", controls, _meta(cfg, "controls", name, variants=variants[1:]))
-
-    remaining = masks.percent_remaining(mask)
-    per_layer = masks.kept(mask)
-    networks = []
-    for i in range(len(init_seeds)):
-        v, t = variants[i // n_t], i % n_t
-        networks.append({
-            "variant": v, "trial": t, "seed": seeds[t], "init_seed": init_seeds[i], "mask_seed": mask_seeds[i],
-            "weights_remaining": round(float(remaining[i]), 4),
-            "layers_remaining": {key: round(100.0 * int(per_layer[key][i]) / mask[key][i].numel(), 4) for key in names},
-            "early_stop_iteration": result.early_stop_iteration[i],
-            "test_accuracy": round(100 * result.test_accuracy[i], 4),
-            "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
-            "min_val_loss": round(result.min_val_loss[i], 6),
-        })
-    curve = [
-        {"iteration": row["iteration"], "variant": variants[i // n_t], "trial": i % n_t,
-         "val_loss": round(row["val_loss"][i], 6), "val_acc": round(100 * row["val_acc"][i], 4)}
-        for row in result.curve for i in range(len(init_seeds))
-    ]
-    metrics = {"round": name, "index": k, "networks": networks, "curve": curve}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    for v in variants:
-        rows = [n for n in networks if n["variant"] == v]
+    trained = {key: v.detach().cpu() for key, v in stack.model.state_dict().items()}
+    _check_saved(trained, stack.mask, name)
+    metrics = write_round(cfg, name, stack, trained, result, runs / name)
+    for v in stack.variants:
+        rows = [n for n in metrics["networks"] if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
             f"test acc {sum(r['test_accuracy'] for r in rows) / len(rows):.2f}%  "
             f"early stop {sum(r['early_stop_iteration'] for r in rows) / len(rows):.0f}")
@@ -229,23 +206,36 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     return metrics
 
 
-def _check_planned(new: masks.Mask, old: masks.Mask, rates: dict[str, float], pooled=(), pooled_rate=0.0) -> None:
-    """Invariants of a pruning step: masks only shrink, and each group lost exactly its planned count."""
-    if not masks.is_subset(new, old):
-        raise ArtifactError("pruning revived a weight: the new mask is not a subset of the previous one")
-    before, after = masks.kept(old), masks.kept(new)
-    if pooled:
-        b, a = sum(before[n] for n in pooled), sum(after[n] for n in pooled)
-        for i in range(len(b)):
-            if int(a[i]) != int(b[i]) - pruning.n_to_prune(pooled_rate, int(b[i])):
-                raise ArtifactError(f"global pruning kept {int(a[i])} weights, planned {int(b[i]) - pruning.n_to_prune(pooled_rate, int(b[i]))}")
-    for key in new:
-        if key in pooled:
-            continue
-        for i in range(len(before[key])):
-            planned = int(before[key][i]) - pruning.n_to_prune(rates[key], int(before[key][i]))
-            if int(after[key][i]) != planned:
-                raise ArtifactError(f"layer '{key}' kept {int(after[key][i])} weights, planned {planned}")
+def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.Tensor], result, out: Path) -> dict:
+    """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, metrics.json; returns the metrics."""
+    mask, names, seeds = stack.mask, stack.names, trial_seeds(cfg)
+    tick = stack.rows("ticket")
+    artifacts.save(out / "mask.pt", stack.ticket_mask, _meta(cfg, "mask", name))
+    artifacts.save(out / "model.pt", {key: v[tick] for key, v in trained.items()}, _meta(cfg, "weights", name))
+    controls = {}
+    for v in stack.variants[1:]:
+        rows = stack.rows(v)
+        controls.update({f"{v}/mask/{key}": mask[key][rows] for key in names})
+        controls.update({f"{v}/weights/{key}": val[rows] for key, val in trained.items()})
+    artifacts.save(out / "controls.pt", controls, _meta(cfg, "controls", name, variants=stack.variants[1:]))
+
+    remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
+    order = [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
+    networks = [{
+        "variant": v, "trial": t, "seed": seeds[t], "init_seed": stack.init_seeds[i], "mask_seed": stack.mask_seeds[i],
+        "weights_remaining": round(float(remaining[i]), 4),
+        "layers_remaining": {key: round(100.0 * int(per_layer[key][i]) / mask[key][i].numel(), 4) for key in names},
+        "early_stop_iteration": result.early_stop_iteration[i],
+        "test_accuracy": round(100 * result.test_accuracy[i], 4),
+        "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
+        "min_val_loss": round(result.min_val_loss[i], 6),
+    } for v, t, i in order]
+    curve = [{"iteration": row["iteration"], "variant": v, "trial": t,
+              "val_loss": round(row["val_loss"][i], 6), "val_acc": round(100 * row["val_acc"][i], 4)}
+             for row in result.curve for v, t, i in order]
+    metrics = {"round": name, "index": round_index(name), "networks": networks, "curve": curve}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
 
 
 def _check_saved(weights: dict[str, torch.Tensor], mask: masks.Mask, name: str) -> None:

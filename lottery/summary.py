@@ -11,21 +11,33 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .artifacts import ArtifactError, load
+
 COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
     "early_stop_iteration", "test_accuracy", "final_test_accuracy", "min_val_loss",
 ]
 VARIANTS = ["ticket", "reinit", "random"]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
+NETWORK_KEYS = set(COLUMNS[2:]) | {"layers_remaining"}  # what summarize reads of metrics.json
+CURVE_KEYS = {"iteration", "variant", "trial", "val_loss", "val_acc"}
 
 
 def _read(path: Path) -> dict:
+    """A round's metrics.json, checked for the keys summarize reads."""
     try:
-        return json.loads(path.read_text())
+        m = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro` to train that round") from None
+        raise ArtifactError(f"{path}: missing; run `dvc repro` to train that round") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt metrics file ({e})") from None
+        raise ArtifactError(f"{path}: corrupt metrics file ({e})") from None
+    nets, curve = (m.get("networks"), m.get("curve")) if isinstance(m, dict) else (None, None)
+    if not (isinstance(nets, list) and nets and isinstance(curve, list) and "index" in m
+            and all(isinstance(n, dict) and NETWORK_KEYS <= set(n) for n in nets)
+            and all(isinstance(c, dict) and CURVE_KEYS <= set(c) for c in curve)):
+        raise ArtifactError(f"{path}: malformed metrics file (expected index, networks with {', '.join(sorted(NETWORK_KEYS))}"
+                            f" and curve with {', '.join(sorted(CURVE_KEYS))}); `dvc repro -f` the round that writes it")
+    return m
 
 
 def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,22 +51,37 @@ def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFr
     return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(curves)
 
 
+def _means(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over trials of the round keys, one row per round and variant."""
+    return df.groupby(["index", "round", "variant"], sort=True)[ROUND_KEYS].mean().reset_index()
+
+
+def _dense(mean: pd.DataFrame) -> pd.Series:
+    """The dense round's ticket row of `_means`."""
+    dense = mean[(mean["index"] == 0) & (mean["variant"] == "ticket")]
+    if dense.empty:
+        raise ArtifactError("no dense round (r0) in the results")
+    return dense.iloc[0]
+
+
+def _winners(mean: pd.DataFrame, variant: str, tolerance: float) -> pd.DataFrame:
+    """The winning-ticket rule: pruned rounds of `variant` whose mean test accuracy is within `tolerance`
+    of the dense mean (r0's ticket), sparsest first."""
+    sub = mean[(mean["variant"] == variant) & (mean["index"] > 0)]
+    wins = sub[sub["test_accuracy"] >= float(_dense(mean)["test_accuracy"]) - tolerance]
+    return wins.sort_values("weights_remaining", kind="stable")
+
+
 def by_round(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max over trials per round and variant."""
     g = df.groupby(["index", "round", "variant"], sort=True)
-    return g[["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]].agg(
-        ["mean", "min", "max"]
-    )
+    return g[ROUND_KEYS].agg(["mean", "min", "max"])
 
 
 def headline(df: pd.DataFrame, tolerance: float) -> dict:
     """The numbers of metrics/summary.json (stable keys)."""
-    mean = df.groupby(["index", "round", "variant"], sort=True)[ROUND_KEYS].mean().reset_index()
-    dense = mean[(mean["index"] == 0) & (mean["variant"] == "ticket")]
-    if dense.empty:
-        raise ValueError("no dense round (r0) in the results")
-    dense_acc = float(dense["test_accuracy"].iloc[0])
-    dense_es = float(dense["early_stop_iteration"].iloc[0])
+    mean = _means(df)
+    dense_acc, dense_es = float(_dense(mean)["test_accuracy"]), float(_dense(mean)["early_stop_iteration"])
     out: dict = {"dense": {"test_accuracy": round(dense_acc, 4), "early_stop_iteration": round(dense_es, 1)}}
     out["rounds"] = {}
     for _, r in mean[mean["variant"] == "ticket"].iterrows():
@@ -68,10 +95,10 @@ def headline(df: pd.DataFrame, tolerance: float) -> dict:
         sub = mean[(mean["variant"] == v) & (mean["index"] > 0)]
         if sub.empty:
             continue
-        wins = sub[sub["test_accuracy"] >= dense_acc - tolerance]
+        wins = _winners(mean, v, tolerance)
         out[v] = {
             # the winning-ticket verdict: the sparsest round still within `tolerance` of dense
-            "smallest_winning_weights_remaining": round(float(wins["weights_remaining"].min()), 4) if len(wins) else None,
+            "smallest_winning_weights_remaining": round(float(wins["weights_remaining"].iloc[0]), 4) if len(wins) else None,
             "max_early_stop_speedup": round(dense_es / float(sub["early_stop_iteration"].min()), 4),
             "max_accuracy_gain": round(float(sub["test_accuracy"].max()) - dense_acc, 4),
         }
@@ -80,10 +107,8 @@ def headline(df: pd.DataFrame, tolerance: float) -> dict:
 
 def winning_round(df: pd.DataFrame, tolerance: float) -> str:
     """The sparsest round whose mean ticket accuracy is within `tolerance` of dense (r0 if none)."""
-    mean = df[df["variant"] == "ticket"].groupby(["index", "round"])[["weights_remaining", "test_accuracy"]].mean().reset_index()
-    dense = float(mean[mean["index"] == 0]["test_accuracy"].iloc[0])
-    wins = mean[mean["test_accuracy"] >= dense - tolerance]
-    return str(wins.sort_values("weights_remaining")["round"].iloc[0])
+    wins = _winners(_means(df), "ticket", tolerance)
+    return str(wins["round"].iloc[0]) if len(wins) else "r0"
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -240,8 +265,6 @@ def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tu
     summary = headline(df, tolerance)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     images = figures(df, curves, layer_table(runs, round_names), out)
-    from .artifacts import load
-
     last = round_names[-1]
     first, _ = load(Path(runs) / last / "mask.pt", "mask")
     images.append(first_layer_image(next(iter(first.values())), f"{last}: first-layer weights kept per input",

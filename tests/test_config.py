@@ -6,8 +6,12 @@ import copy
 import pytest
 import yaml
 
-from lottery import config
+from lottery import config, pruning
 from lottery.config import Config, ConfigError
+
+
+def output_rate(cfg: Config) -> float:
+    return pruning.plan(cfg.prune, {"out": "output"}, 1).rates["out"]
 
 
 def valid() -> dict:
@@ -30,6 +34,17 @@ def valid() -> dict:
 def test_chain():
     assert config.chain(0) == {"r0": "init"}
     assert config.chain(3) == {"r0": "init", "r1": "r0", "r2": "r1", "r3": "r2"}
+    assert len(config.chain(config.MAX_ROUNDS)) == config.MAX_ROUNDS + 1
+
+
+@pytest.mark.parametrize("rounds, schedule, key", [
+    (-1, "iterative", "prune.rounds"), (config.MAX_ROUNDS + 1, "iterative", "prune.rounds"),
+    ("3", "iterative", "prune.rounds"), (2.0, "iterative", "prune.rounds"), (True, "iterative", "prune.rounds"),
+    (3, "one-shot", "prune.schedule"), (3, "r1: x", "prune.schedule"),
+])
+def test_chain_rejects_what_could_not_name_a_round(rounds, schedule, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.chain(rounds, schedule)
 
 
 def test_from_dict_valid():
@@ -40,7 +55,7 @@ def test_from_dict_valid():
     assert cfg.model.name == "lenet-300-100"
     assert cfg.train.lr == 1.2e-3 and cfg.train.batch_size == 60 and cfg.train.device == "cpu"
     assert cfg.prune.rate == 0.2 and cfg.prune.rounds == 4 and cfg.prune.chain == config.chain(4)
-    assert cfg.output_rate == pytest.approx(0.1)  # null -> half the hidden rate
+    assert output_rate(cfg) == pytest.approx(0.1)  # null -> half the hidden rate
     assert cfg.summary.tolerance == 0.5
 
 
@@ -48,7 +63,7 @@ def test_from_dict_partial_uses_defaults_and_coerces_int_to_float():
     raw = {"prune": {"rounds": 2, "chain": config.chain(2), "output_rate": 0, "rate": 0.5}, "train": {"lr": 1}}
     cfg = config.from_dict(raw)
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
-    assert cfg.prune.output_rate == 0.0 and cfg.output_rate == 0.0  # explicit 0 is not "null"
+    assert cfg.prune.output_rate == 0.0 and output_rate(cfg) == 0.0  # explicit 0 is not "null"
     assert cfg.train.iterations == 3000 and cfg.data.dataset == "fashion-mnist"  # defaults
     assert cfg.controls == ["reinit", "random"]
     # defaults are not shared between instances
@@ -87,7 +102,7 @@ def _set(path: str, value):
 def _rounds(n: int, chain_of: int | None = None):
     def change(raw):
         raw["prune"]["rounds"] = n
-        raw["prune"]["chain"] = config.chain(n if chain_of is None else chain_of)
+        raw["prune"]["chain"] = config.chain(chain_of if chain_of is not None else n if 0 <= n <= config.MAX_ROUNDS else 0)
     return change
 
 
@@ -111,6 +126,7 @@ MALFORMED = [
     ("output-rate-one", _set("prune.output_rate", 1.0), "prune.output_rate"),
     ("output-rate-negative", _set("prune.output_rate", -0.5), "prune.output_rate"),
     ("rounds-negative", _rounds(-1), "prune.rounds"),
+    ("rounds-over-cap", _rounds(config.MAX_ROUNDS + 1), "prune.rounds"),
     ("rounds-bool", _set("prune.rounds", False), "prune.rounds"),
     ("chain-not-matching-rounds", _rounds(4, chain_of=3), "prune.chain"),
     ("chain-empty", _set("prune.chain", {}), "prune.chain"),

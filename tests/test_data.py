@@ -224,8 +224,8 @@ def test_load_prepared_missing_and_corrupt(tmp_path):
 
 
 def test_shape_registry():
-    assert data.shape("fashion-mnist") == (1, 28, 28)
-    assert data.shape("mnist1d") == (40,)
+    assert data.SHAPES["fashion-mnist"] == (1, 28, 28)
+    assert data.SHAPES["mnist1d"] == (40,)
 
 
 # ---------------------------------------------------------------- mnist1d

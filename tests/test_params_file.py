@@ -19,6 +19,20 @@ def test_committed_params_match_conf(tmp_path):
     assert cfg.prune.chain == config.chain(cfg.prune.rounds)
 
 
+def test_conf_defaults_are_the_dataclass_defaults(tmp_path):
+    # The dataclasses (lottery/config.py, help text beside each field) are the documented defaults;
+    # conf/config.yaml must list every key with the same value (prune.chain is derived from prune.rounds).
+    import dataclasses
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")
+    composed = yaml.safe_load(compose([], tmp_path, str(tmp_path / "defaults.yaml")).read_text())
+    defaults = dataclasses.asdict(config.Config())
+    assert composed["prune"].pop("chain") == config.chain(defaults["prune"]["rounds"])
+    assert defaults["prune"].pop("chain") == {}
+    assert composed == defaults  # values compare as loaded: an int in conf equals its float default
+
+
 def test_every_preset_composes_to_valid_params(tmp_path):
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from conftest import ran
 
 
@@ -40,6 +41,17 @@ def test_more_rounds_run_only_the_new_rounds(repo):
     assert list(repo.params()["prune"]["chain"]) == ["r0", "r1", "r2", "r3"]
     summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
     assert list(summary["rounds"]) == ["r0", "r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize("override, key", [("prune.rounds=5000", "prune.rounds"), ("prune.rounds=-1", "prune.rounds"),
+                                           ("prune.schedule=sometimes", "prune.schedule")])
+def test_a_bad_round_count_fails_the_composition_naming_the_key(repo, override, key):
+    before = sorted(p.name for p in (repo.path / "runs").iterdir())
+    p = repo.dvc("exp", "run", "-S", override, check=False)
+    assert p.returncode != 0
+    assert key in p.stderr + p.stdout, p.stderr + p.stdout
+    assert ran(p.stdout) == []
+    assert sorted(p.name for p in (repo.path / "runs").iterdir()) == before  # no round folder was created
 
 
 def test_metrics_diff_between_two_experiments(repo):

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lottery import masks, models, pruning
-
-
+from lottery.config import PruneConfig
 
 LENET_SIZES = {"layers.0.weight": 784 * 300, "layers.1.weight": 300 * 100, "layers.2.weight": 100 * 10}
 
@@ -17,6 +16,16 @@ LENET_SIZES = {"layers.0.weight": 784 * 300, "layers.1.weight": 300 * 100, "laye
 def half_up(rate: float, n: int) -> int:
     """Round-half-up of rate * n in exact rational arithmetic (independent of lottery.pruning)."""
     return math.floor(Fraction(repr(rate)) * n + Fraction(1, 2))
+
+
+def layer_rates(names: list[str], output: str, rate: float, output_rate: float) -> dict[str, float]:
+    """The paper's LeNet rates: hidden layers at `rate`, the output layer at its own rate."""
+    return {k: (output_rate if k == output else rate) for k in names}
+
+
+def magnitude(weights: dict[str, torch.Tensor], mask: masks.Mask, rates: dict[str, float]) -> masks.Mask:
+    """Layer-wise magnitude pruning at `rates` (per layer)."""
+    return pruning.prune(pruning.scores("magnitude", weights, weights), mask, pruning.Plan(rates))
 
 
 # ---------------------------------------------------------------- n_to_prune
@@ -53,8 +62,8 @@ def test_n_to_prune_matches_rational_rule_everywhere():
 
 
 def test_layer_rates_output_layer_has_its_own_rate():
-    names = ["a.weight", "b.weight", "c.weight"]
-    assert pruning.layer_rates(names, "c.weight", 0.2, 0.1) == {"a.weight": 0.2, "b.weight": 0.2, "c.weight": 0.1}
+    kinds = {"a.weight": "fc", "b.weight": "fc", "c.weight": "output"}
+    assert pruning.plan(PruneConfig(rate=0.2), kinds, 1).rates == {"a.weight": 0.2, "b.weight": 0.2, "c.weight": 0.1}
 
 
 # ---------------------------------------------------------------- magnitude pruning on LeNet-300-100
@@ -72,14 +81,14 @@ def test_prunable_are_weights_only_and_biases_never_in_a_mask():
     mask = masks.ones(model, names)
     assert set(mask) == set(LENET_SIZES)
     assert not any("bias" in k for k in mask)
-    assert models.output_layer(model) == "layers.2.weight"
+    assert [k for k, kind in models.kinds(model).items() if kind == "output"] == ["layers.2.weight"]
     # shapes: one mask per network in the stack
     params = dict(model.named_parameters())
     for k, m in mask.items():
         assert m.dtype == torch.bool and m.shape == params[k].shape and m.all()
     # pruning keeps the same keys: no bias ever enters a mask
-    rates = pruning.layer_rates(names, names[-1], 0.2, 0.1)
-    new = pruning.magnitude({k: params[k].detach() for k in names}, mask, rates)
+    rates = layer_rates(names, names[-1], 0.2, 0.1)
+    new = magnitude({k: params[k].detach() for k in names}, mask, rates)
     assert set(new) == set(mask)
 
 
@@ -123,7 +132,7 @@ def test_expected_schedule_sanity():
 def test_layerwise_magnitude_over_five_rounds():
     model, names = _lenet(seeds=(0, 1))
     n_nets = 2
-    rates = pruning.layer_rates(names, models.output_layer(model), 0.2, 0.1)
+    rates = layer_rates(names, names[-1], 0.2, 0.1)
     mask = masks.ones(model, names)
     expected = _expected_kept_counts(5, 0.2, 0.1)
     gen = torch.Generator().manual_seed(1234)
@@ -132,7 +141,7 @@ def test_layerwise_magnitude_over_five_rounds():
         weights = {k: torch.randn(mask[k].shape, generator=gen) for k in names}
         weights_copy = {k: v.clone() for k, v in weights.items()}
         mask_copy = {k: v.clone() for k, v in mask.items()}
-        new = pruning.magnitude(weights, mask, rates)
+        new = magnitude(weights, mask, rates)
 
         # never in place
         assert all(torch.equal(mask[k], mask_copy[k]) for k in names)
@@ -172,11 +181,11 @@ def test_output_layer_pruned_at_its_own_rate():
     params = dict(model.named_parameters())
     weights = {k: params[k].detach() for k in names}
     mask = masks.ones(model, names)
-    new = pruning.magnitude(weights, mask, pruning.layer_rates(names, names[-1], 0.2, 0.1))
+    new = magnitude(weights, mask, layer_rates(names, names[-1], 0.2, 0.1))
     kept = masks.kept(new)
     assert int(kept["layers.2.weight"][0]) == 900  # 10%, not 20%
     assert int(kept["layers.1.weight"][0]) == 24000
-    same_rate = pruning.magnitude(weights, mask, pruning.layer_rates(names, names[-1], 0.2, 0.2))
+    same_rate = magnitude(weights, mask, layer_rates(names, names[-1], 0.2, 0.2))
     assert int(masks.kept(same_rate)["layers.2.weight"][0]) == 800
 
 
@@ -184,14 +193,14 @@ def test_already_pruned_weights_are_not_resurrected_even_if_large():
     # weights outside the mask are huge: a pruning that ignored the old mask would keep them
     w = torch.tensor([[[100.0, 100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]])
     old = {"w": torch.tensor([[[False, False] + [True] * 10]])}
-    new = pruning.magnitude({"w": w}, old, {"w": 0.2})
+    new = magnitude({"w": w}, old, {"w": 0.2})
     assert new["w"].tolist() == [[[False, False, False, False] + [True] * 8]]
 
 
 def test_negative_weights_pruned_by_magnitude_not_sign():
     w = torch.tensor([[[-9.0, 0.1, -0.2, 8.0, -0.05, 7.0, 6.0, -5.0, 4.0, 3.0]]])
     mask = {"w": torch.ones(1, 1, 10, dtype=torch.bool)}
-    new = pruning.magnitude({"w": w}, mask, {"w": 0.3})
+    new = magnitude({"w": w}, mask, {"w": 0.3})
     # the three smallest |w| are -0.05, 0.1, -0.2 (positions 4, 1, 2)
     assert new["w"][0, 0].tolist() == [True, False, False, True, False, True, True, True, True, True]
 
@@ -201,8 +210,8 @@ def test_ties_broken_deterministically_by_position():
     w[1] = -1.0
     mask = {"w": torch.ones(2, 4, 5, dtype=torch.bool)}
     mask["w"][1, 0, 0] = False
-    a = pruning.magnitude({"w": w}, mask, {"w": 0.25})
-    b = pruning.magnitude({"w": w.clone()}, {"w": mask["w"].clone()}, {"w": 0.25})
+    a = magnitude({"w": w}, mask, {"w": 0.25})
+    b = magnitude({"w": w.clone()}, {"w": mask["w"].clone()}, {"w": 0.25})
     assert torch.equal(a["w"], b["w"])
     # network 0: 20 kept -> prune 5, the first 5 positions in flat order
     flat0 = a["w"][0].flatten()
@@ -214,9 +223,9 @@ def test_ties_broken_deterministically_by_position():
     model, names = _lenet(seeds=(5,))
     params = dict(model.named_parameters())
     weights = {k: params[k].detach().sign() for k in names}  # massive ties: all |w| == 1
-    rates = pruning.layer_rates(names, names[-1], 0.2, 0.1)
-    m1 = pruning.magnitude(weights, masks.ones(model, names), rates)
-    m2 = pruning.magnitude(weights, masks.ones(model, names), rates)
+    rates = layer_rates(names, names[-1], 0.2, 0.1)
+    m1 = magnitude(weights, masks.ones(model, names), rates)
+    m2 = magnitude(weights, masks.ones(model, names), rates)
     assert all(torch.equal(m1[k], m2[k]) for k in names)
     assert [int(v[0]) for v in masks.kept(m1).values()] == [188160, 24000, 900]
 
@@ -224,7 +233,7 @@ def test_ties_broken_deterministically_by_position():
 def test_pruning_a_layer_to_zero_raises():
     mask = {"w": torch.tensor([[[True, False, False]]])}
     with pytest.raises(ValueError, match="'w'"):
-        pruning.magnitude({"w": torch.ones(1, 1, 3)}, mask, {"w": 0.5})  # round_half_up(0.5) = 1 of 1
+        magnitude({"w": torch.ones(1, 1, 3)}, mask, {"w": 0.5})  # round_half_up(0.5) = 1 of 1
     # on LeNet: an output layer left with 2 weights at rate 0.75 would lose both
     model, names = _lenet(seeds=(0,))
     params = dict(model.named_parameters())
@@ -232,14 +241,14 @@ def test_pruning_a_layer_to_zero_raises():
     out = mask["layers.2.weight"]
     out.zero_()
     out[0, 0, :2] = True
-    rates = pruning.layer_rates(names, names[-1], 0.2, 0.75)
+    rates = layer_rates(names, names[-1], 0.2, 0.75)
     with pytest.raises(ValueError, match="layers.2.weight"):
-        pruning.magnitude({k: params[k].detach() for k in names}, mask, rates)
+        magnitude({k: params[k].detach() for k in names}, mask, rates)
 
 
 def test_a_layer_with_one_weight_left_at_small_rate_is_fine():
     mask = {"w": torch.tensor([[[True, False, False]]])}
-    new = pruning.magnitude({"w": torch.ones(1, 1, 3)}, mask, {"w": 0.2})  # round_half_up(0.2) = 0
+    new = magnitude({"w": torch.ones(1, 1, 3)}, mask, {"w": 0.2})  # round_half_up(0.2) = 0
     assert torch.equal(new["w"], mask["w"])
 
 
@@ -251,9 +260,9 @@ def _pruned_lenet_mask(rounds=3):
     params = dict(model.named_parameters())
     weights = {k: params[k].detach() for k in names}
     mask = masks.ones(model, names)
-    rates = pruning.layer_rates(names, names[-1], 0.2, 0.1)
+    rates = layer_rates(names, names[-1], 0.2, 0.1)
     for _ in range(rounds):
-        mask = pruning.magnitude(weights, mask, rates)
+        mask = magnitude(weights, mask, rates)
     return mask, names
 
 
@@ -296,3 +305,64 @@ def test_random_like_with_uneven_counts_per_network():
     rnd = pruning.random_like(mask, torch.Generator().manual_seed(0))
     assert masks.kept(rnd)["w"].tolist() == [4, 12, 24]
     assert rnd["w"][2].all()
+
+
+# ---------------------------------------------------------------- the plan of a round
+
+LENET_KINDS = {"layers.0.weight": "fc", "layers.1.weight": "fc", "layers.2.weight": "output"}
+
+
+def test_plan_layerwise_global_and_oneshot():
+    p = pruning.plan(PruneConfig(rate=0.2), LENET_KINDS, 1)
+    assert p == pruning.Plan({"layers.0.weight": 0.2, "layers.1.weight": 0.2, "layers.2.weight": 0.1}, [], 0.2)
+    # an iterative round prunes at exactly the configured rates, every round (not 1 - (1 - r) in floating point)
+    assert pruning.plan(PruneConfig(rate=0.2, output_rate=0.1), LENET_KINDS, 7).rates["layers.2.weight"] == 0.1
+    assert pruning.plan(PruneConfig(), LENET_KINDS, 0).rates == dict.fromkeys(LENET_KINDS, 0.0)  # r0 prunes nothing
+    g = pruning.plan(PruneConfig(strategy="global", global_kinds=["fc"], output_rate=0.3), LENET_KINDS, 2)
+    assert g.rates == {"layers.2.weight": 0.3} and g.pooled == ["layers.0.weight", "layers.1.weight"]
+    assert g.pooled_rate == 0.2
+    assert g.groups() == [(["layers.2.weight"], 0.3), (["layers.0.weight", "layers.1.weight"], 0.2)]
+    conv = {"c": "conv", "f": "fc", "o": "output"}
+    assert pruning.plan(PruneConfig(rate=0.2, conv_rate=0.15), conv, 1).rates == {"c": 0.15, "f": 0.2, "o": 0.1}
+    one = pruning.plan(PruneConfig(rate=0.2, schedule="oneshot"), LENET_KINDS, 3)
+    assert one.rates["layers.0.weight"] == pytest.approx(1 - 0.8 ** 3)
+    assert one.rates["layers.2.weight"] == pytest.approx(1 - 0.9 ** 3)
+    assert pruning.plan(PruneConfig(rate=0.2, schedule="oneshot"), LENET_KINDS, 1).rates["layers.0.weight"] == 0.2
+
+
+def test_planned_kept_follows_the_count_rule_round_by_round():
+    dense = dict(LENET_SIZES)
+    expected = _expected_kept_counts(17, 0.2, 0.1)
+    for k in (0, 1, 5, 17):
+        want = dense if k == 0 else expected[k - 1]
+        got = pruning.planned_kept(PruneConfig(rate=0.2), LENET_KINDS, dense, k)
+        assert got == [([layer], n) for layer, n in want.items()], k
+    # one-shot: a single step from the dense counts
+    got = pruning.planned_kept(PruneConfig(rate=0.2, schedule="oneshot"), LENET_KINDS, dense, 3)
+    assert got[2] == (["layers.2.weight"], 1000 - half_up(1 - 0.9 ** 3, 1000))
+    # global: the pooled layers count as one group
+    cfg = PruneConfig(rate=0.2, strategy="global", global_kinds=["fc"])
+    assert pruning.planned_kept(cfg, LENET_KINDS, dense, 2) == [
+        (["layers.2.weight"], 810), (["layers.0.weight", "layers.1.weight"], 265200 - 53040 - 42432)]
+
+
+def test_check_catches_revived_weights_and_wrong_counts():
+    old = {"w": torch.tensor([[True, True, False, True]])}
+    revived = {"w": torch.tensor([[True, False, True, False]])}
+    plan = pruning.Plan({"w": 0.5})
+    with pytest.raises(pruning.PruningError, match="revived"):
+        pruning.check(plan, revived, old)
+    as_planned = {"w": torch.tensor([[True, False, False, False]])}
+    pruning.check(plan, as_planned, old)  # round_half_up(0.5 * 3) = 2 pruned: 1 kept
+    with pytest.raises(pruning.PruningError, match="kept 2 weights, planned 1"):
+        pruning.check(plan, {"w": torch.tensor([[True, True, False, False]])}, old)
+    pooled = pruning.Plan({}, ["a", "b"], 0.5)
+    old = {"a": torch.ones(1, 2, dtype=torch.bool), "b": torch.ones(1, 2, dtype=torch.bool)}
+    pruning.check(pooled, {"a": torch.tensor([[False, False]]), "b": torch.tensor([[True, True]])}, old)
+    with pytest.raises(pruning.PruningError, match="global pruning kept 3 weights, planned 2"):
+        pruning.check(pooled, {"a": torch.tensor([[False, True]]), "b": torch.tensor([[True, True]])}, old)
+
+
+def test_pruning_errors_are_pruning_errors():
+    with pytest.raises(pruning.PruningError, match="would remove all"):
+        magnitude({"w": torch.ones(1, 1, 3)}, {"w": torch.tensor([[[True, False, False]]])}, {"w": 0.5})

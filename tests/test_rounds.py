@@ -115,7 +115,7 @@ def test_round1_layout(cfg, round1):
     stack, _, _ = round1
     assert stack.variants == ["ticket", "reinit", "random"]
     assert len(stack.init_seeds) == 6 and len(stack.mask_seeds) == 6
-    assert models.n_networks(stack.model) == 6
+    assert next(stack.model.parameters()).shape[0] == 6
     assert [stack.rows(v) for v in stack.variants] == [slice(0, 2), slice(2, 4), slice(4, 6)]
     for k in NAMES:
         assert stack.mask[k].shape[0] == 6 and stack.mask[k].dtype == torch.bool
@@ -263,7 +263,7 @@ def test_no_controls_configured(runs):
     cfg = make_cfg(controls=())
     fake_round(runs, "r0")
     stack = rounds.build_stack(cfg, "r1", "r0", runs)
-    assert stack.variants == ["ticket"] and models.n_networks(stack.model) == 2
+    assert stack.variants == ["ticket"] and next(stack.model.parameters()).shape[0] == 2
 
 
 # ---------------------------------------------------------------- broken artifacts
@@ -356,16 +356,49 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     assert torch.equal(tensors["w"], torch.zeros(2)) and meta == {"kind": "mask"}
 
 
-def test_save_time_invariants_catch_revived_weights_wrong_counts_and_nonzero_pruned():
-    old = {"w": torch.tensor([[True, True, False, True]])}
-    revived = {"w": torch.tensor([[True, False, True, False]])}
-    with pytest.raises(artifacts.ArtifactError, match="revived"):
-        rounds._check_planned(revived, old, {"w": 0.5})
-    as_planned = {"w": torch.tensor([[True, False, False, False]])}
-    rounds._check_planned(as_planned, old, {"w": 0.5})  # round_half_up(0.5 * 3) = 2 pruned: 1 kept
-    with pytest.raises(artifacts.ArtifactError, match="kept 2 weights, planned 1"):
-        rounds._check_planned({"w": torch.tensor([[True, True, False, False]])}, old, {"w": 0.5})
+def test_save_time_invariants_catch_nonzero_pruned():
     weights = {"w": torch.tensor([[0.5, 0.0, 0.3, 0.0]])}
     with pytest.raises(artifacts.ArtifactError, match="not zero"):
         rounds._check_saved(weights, {"w": torch.tensor([[True, False, False, False]])}, "r1")
     rounds._check_saved(weights, {"w": torch.tensor([[True, False, True, False]])}, "r1")
+
+
+@pytest.mark.parametrize("prev, name", [("r0", "r1"), ("r1", "r2")])
+def test_a_loaded_mask_must_keep_exactly_its_rounds_planned_count(cfg, runs, prev, name):
+    fake_round(runs, "r0")
+    if prev == "r1":  # a real r1 ticket mask (its plan's counts), written as that round would
+        r1 = rounds.build_stack(cfg, "r1", "r0", runs)
+        meta = {"model": MODEL, "seeds": [10, 11], "round": "r1"}
+        artifacts.save(runs / "r1" / "model.pt", {k: v[r1.rows("ticket")] for k, v in r1.model.state_dict().items()},
+                       {"kind": "weights", **meta})
+        artifacts.save(runs / "r1" / "mask.pt", r1.ticket_mask, {"kind": "mask", **meta})
+    rounds.build_stack(cfg, name, prev, runs)  # as planned: fine
+    path = runs / prev / "mask.pt"
+    mask, meta = artifacts.load(path, "mask")
+    if prev == "r0":  # a dense round that lost one weight
+        mask["layers.1.weight"][1, 0, 0] = False
+    else:  # one pruned weight kept again: one more than r1's plan keeps
+        mask["layers.1.weight"][1][~mask["layers.1.weight"][1]] = torch.tensor([True] + [False] * 1999)
+    artifacts.save(path, mask, meta)
+    with pytest.raises(ArtifactError) as e:
+        rounds.build_stack(cfg, name, prev, runs)
+    kept = 9999 if prev == "r0" else 8001
+    planned = 10000 if prev == "r0" else 8000
+    assert str(path) in str(e.value)
+    assert f"layers.1.weight of trial 1 keep {kept} weights, the plan of {prev} keeps {planned}" in str(e.value)
+
+
+def test_a_stage_script_turns_only_project_errors_into_one_line(capsys):
+    from lottery.cli import run
+
+    def fails(error):
+        def main():
+            raise error
+        return main
+
+    with pytest.raises(SystemExit) as e:
+        run(fails(pruning.PruningError("pruning layer 'w' at rate 0.5 would remove all its 1 weights")))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: pruning layer 'w' at rate 0.5 would remove all its 1 weights\n"
+    with pytest.raises(ValueError, match="a bug"):  # anything else keeps its traceback
+        run(fails(ValueError("a bug")))

@@ -51,6 +51,30 @@ def test_headline_numbers_on_a_hand_made_table():
     assert tight["random"]["smallest_winning_weights_remaining"] is None
 
 
+def test_winning_round_is_the_dense_round_when_no_pruned_round_wins():
+    table = _table()
+    table.loc[table["index"] > 0, "test_accuracy"] -= 5
+    assert summary.winning_round(table, 0.5) == "r0"
+    assert summary.headline(table, 0.5)["ticket"]["smallest_winning_weights_remaining"] is None
+
+
+@pytest.mark.parametrize("text, what", [
+    ("{not json", "corrupt metrics file"),
+    ('{"round": "r0", "index": 0, "curve": []}', "malformed metrics file"),
+    ('{"round": "r0", "index": 0, "networks": [{"variant": "ticket"}], "curve": []}', "malformed metrics file"),
+    ('[1, 2]', "malformed metrics file"),
+])
+def test_a_malformed_metrics_file_is_an_artifact_error_naming_it(tmp_path, text, what):
+    path = tmp_path / "r0" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(artifacts.ArtifactError, match=what) as e:
+        summary.collect(tmp_path, ["r0"])
+    assert str(path) in str(e.value)
+    with pytest.raises(artifacts.ArtifactError, match="missing"):
+        summary.collect(tmp_path, ["r1"])
+
+
 def test_accuracy_table_has_one_row_per_round():
     t = summary.accuracy_table(_table())
     assert list(t["round"]) == ["r0", "r1", "r2", "r3"]

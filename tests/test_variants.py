@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_repo, env_for, ran
 from lottery import artifacts, config, masks, models, pruning, rounds
-from lottery.config import TrainConfig
+from lottery.config import PruneConfig, TrainConfig
 from lottery.training import augment_batch, lr_at, train
 
 
@@ -20,12 +20,12 @@ def test_global_pruning_ranks_the_pooled_layers_together():
     score = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "b": torch.tensor([[0.5, 5.0, 6.0, 7.0, 8.0, 9.0]]),
              "out": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
     mask = {k: torch.ones_like(v, dtype=torch.bool) for k, v in score.items()}
-    new = pruning.prune(score, mask, {"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3)
+    new = pruning.prune(score, mask, pruning.Plan({"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3))
     # 30% of the 10 pooled weights = 3: the three lowest across a and b (0.5, 1, 2)
     assert new["a"].tolist() == [[False, False, True, True]]
     assert new["b"].tolist() == [[False, True, True, True, True, True]]
     assert new["out"].tolist() == [[False, True, True, True]]  # layer-wise, 25% of 4
-    again = pruning.prune(score, new, {"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3)
+    again = pruning.prune(score, new, pruning.Plan({"a": 0.5, "b": 0.5, "out": 0.25}, pooled=["a", "b"], pooled_rate=0.3))
     assert sum(int(again[k].sum()) for k in ("a", "b")) == 7 - 2  # round_half_up(0.3 * 7) = 2
     assert masks.is_subset(again, new)
 
@@ -33,10 +33,11 @@ def test_global_pruning_ranks_the_pooled_layers_together():
 def test_conv_kinds_get_their_own_rates():
     model = models.build("conv-2", [0])
     kinds = models.kinds(model)
-    rates = pruning.kind_rates(kinds, {"conv": 0.1, "fc": 0.2, "output": 0.1})
+    rates = pruning.plan(PruneConfig(rate=0.2, conv_rate=0.1), kinds, 1).rates
+    assert set(rates.values()) == {0.1, 0.2} and all(rates[k] == 0.2 for k, kind in kinds.items() if kind == "fc")
     mask = masks.ones(model, models.prunable(model))
-    w = dict(model.named_parameters())
-    new = pruning.magnitude({k: w[k] for k in mask}, mask, rates)
+    w = {k: v.detach() for k, v in model.named_parameters()}
+    new = pruning.prune(pruning.scores("magnitude", w, w), mask, pruning.Plan(rates))
     for k, m in new.items():
         n = mask[k].numel()
         assert int(m.sum()) == n - pruning.n_to_prune(rates[k], n), k
@@ -46,19 +47,19 @@ def test_criteria():
     trained = {"w": torch.tensor([[3.0, -1.0, 0.5, -4.0]])}
     start = {"w": torch.tensor([[2.9, 0.1, 0.1, -0.5]])}
     mask = {"w": torch.ones(1, 4, dtype=torch.bool)}
-    inc = pruning.prune(pruning.scores("magnitude_increase", trained, start), mask, {"w": 0.5})
+    inc = pruning.prune(pruning.scores("magnitude_increase", trained, start), mask, pruning.Plan({"w": 0.5}))
     assert inc["w"].tolist() == [[False, True, False, True]]  # increases 0.1, 0.9, 0.4, 3.5
-    mag = pruning.prune(pruning.scores("magnitude", trained, start), mask, {"w": 0.5})
+    mag = pruning.prune(pruning.scores("magnitude", trained, start), mask, pruning.Plan({"w": 0.5}))
     assert mag["w"].tolist() == [[True, False, False, True]]
     g = torch.Generator().manual_seed(1)
-    rnd = pruning.prune(pruning.scores("random", trained, start, g), mask, {"w": 0.5})
+    rnd = pruning.prune(pruning.scores("random", trained, start, g), mask, pruning.Plan({"w": 0.5}))
     assert int(rnd["w"].sum()) == 2
 
 
 def test_oneshot_chain_and_rate():
     assert config.chain(3, "oneshot") == {"r0": "init", "r1": "r0", "r2": "r0", "r3": "r0"}
     assert config.chain(2) == {"r0": "init", "r1": "r0", "r2": "r1"}
-    assert 1 - pruning.oneshot_rate(0.2, 3) == pytest.approx(0.512)
+    assert 1 - pruning.plan(PruneConfig(schedule="oneshot"), {"w": "fc"}, 3).rates["w"] == pytest.approx(0.512)
 
 
 def test_lr_schedule_warmup_and_drops():

@@ -1,17 +1,18 @@
 """OmegaConf resolver used by conf/config.yaml: `${chain:${prune.rounds},${prune.schedule}}`.
 
 DVC's Hydra composition (`dvc exp run -S prune.rounds=12`) imports this package from
-`plugins_path` (.dvc/config) and writes the resolved chain {r0: init, r1: r0, ...} to
-params.yaml, because DVC templates have no arithmetic to name a round's predecessor.
+`plugins_path` (.dvc/config: the repository root, on sys.path while plugins load) and writes
+the resolved chain {r0: init, r1: r0, ...} to params.yaml, because DVC templates have no
+arithmetic to name a round's predecessor. The rule and its checks are `lottery.config.chain`:
+a bad prune.rounds or prune.schedule fails the composition with a message naming the key.
 """
 from omegaconf import OmegaConf
 
+from lottery.config import chain
+
 
 def _chain(rounds, schedule="iterative"):
-    """Same rule as lottery.config.chain (which validates it): one-shot rounds all prune r0."""
-    rounds = int(rounds)
-    prev = (lambda k: "r0") if schedule == "oneshot" else (lambda k: f"r{k - 1}")
-    return OmegaConf.create({f"r{k}": ("init" if k == 0 else prev(k)) for k in range(max(rounds, 0) + 1)})
+    return OmegaConf.create(chain(rounds, schedule))
 
 
 if not OmegaConf.has_resolver("chain"):
