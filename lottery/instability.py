@@ -10,7 +10,9 @@ endpoint errors, in percentage points. A network is stable when its instability 
 
 Every point of every pair is one network of a stack (pair-major: network t·P + p is pair t at
 α_p), evaluated `stack` networks at a time with one shared input (`training.evaluate`), so
-memory is bounded by `stack` networks, whatever the number of pairs and points.
+memory is bounded by `stack` networks, whatever the number of pairs and points. An MLP's
+first layer, most of its work, runs at the two ends only and the points lerp its outputs
+(`MLPLine`): the 30 points of 2 LeNet-300-100 pairs then cost about 5.7x fewer multiply-adds.
 
 BatchNorm (`bn`): "interpolate" (default) takes the interpolated running statistics as they
 are; "recompute" resets them at every point and re-estimates them in train mode, without
@@ -126,6 +128,38 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> None:
     model.train(was_training)
 
 
+class MLPLine(nn.Module):
+    """The points of a chunk of an MLP's line, its first layer evaluated at the two ends only.
+
+    The first layer is linear in its weights, W(α)x + b(α) = lerp(W_a x + b_a, W_b x + b_b, α): the
+    points share the ends' first-layer outputs (`ends`: the T a's then the T b's) and each point
+    runs only the layers after it (LeNet-300-100: the first layer is 88% of the multiply-adds).
+    Exact at α = 0 and 1 and where a == b (torch.lerp); elsewhere equal to evaluating the
+    interpolated network (`nets`, which holds the chunk's state) up to float rounding.
+    """
+
+    def __init__(self, nets: models.MLP, ends: models.StackedLinear, pairs: torch.Tensor, alphas: torch.Tensor):
+        super().__init__()
+        self.nets, self.ends = nets, ends
+        device = ends.weight.device
+        self.a, self.b = pairs.to(device), pairs.to(device) + models.n_networks(ends) // 2
+        self.w = alphas.to(device, ends.weight.dtype).view(-1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the shared input (1, B, ...) of `evaluate`
+        h = self.ends(x.flatten(2))  # (2T, B, out)
+        return models._fc_forward(self.nets.layers[1:], torch.relu(torch.lerp(h[self.a], h[self.b], self.w)))
+
+
+def _ends(nets: nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor]):
+    """The first layers of every a and b as one stack, for MLPLine; None for any model but an MLP."""
+    if not isinstance(nets, models.MLP):
+        return None
+    w = torch.cat([state_a["layers.0.weight"], state_b["layers.0.weight"]])
+    ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(w.device)
+    ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"], state_b["layers.0.bias"]])})
+    return ends
+
+
 def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tensor],
           state_b: dict[str, torch.Tensor], data: dict[str, torch.Tensor], subset: torch.Tensor,
           points: int = POINTS, bn: str = "interpolate", bn_batches: int = BN_BATCHES, batch_size: int = 128,
@@ -153,16 +187,18 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         rows = torch.arange(bn_batches * batch_size).view(bn_batches, batch_size)
     device = next(iter(state_a.values())).device
     errors = {s: torch.empty(t * points, dtype=torch.float64) for s in splits}
-    nets = None
+    nets = ends = None
     for start in range(0, t * points, stack):
         idx = torch.arange(start, min(start + stack, t * points))
         if nets is None or models.n_networks(nets) != len(idx):
             nets = (models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))).to(device)
+            ends = _ends(nets, state_a, state_b) if ends is None else ends
         nets.load_state_dict(_mix(state_a, state_b, idx // points, alphas[idx % points]))
         if rows is not None:
             recompute_bn(nets, x_sub, rows)
+        run = nets if ends is None else MLPLine(nets, ends, idx // points, alphas[idx % points])
         for s, (x, y) in splits.items():
-            errors[s][idx] = percent_error(evaluate(nets, x, y, chunk=examples)[1], len(y))
+            errors[s][idx] = percent_error(evaluate(run, x, y, chunk=examples)[1], len(y))
     out: dict = {"alphas": alphas.tolist(), "bn": bn}
     for s, e in errors.items():
         e = e.view(t, points)

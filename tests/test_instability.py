@@ -87,6 +87,20 @@ def test_curve_has_the_configured_points_and_chunking_does_not_change_it(trained
     assert len(ins.curve(MODEL, a, b, data, subset)["test_error"][0]) == 30
 
 
+def test_mlp_points_share_the_ends_first_layer_and_equal_the_interpolated_networks(trained):
+    _, _, data, a, b = trained
+    alphas = torch.linspace(0, 1, 5, dtype=torch.float64)
+    plain = models.build(MODEL, [0] * 10)
+    plain.load_state_dict(ins.line(a, b, alphas))
+    fast = ins.MLPLine(plain, ins._ends(plain, a, b), torch.arange(2).repeat_interleave(5), alphas.repeat(2))
+    with torch.no_grad():
+        want, got = plain(data["x_test"][None]), fast(data["x_test"][None])
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    ends = [0, 4, 5, 9]  # α = 0 and 1 of both pairs: bit for bit
+    assert torch.equal(got[ends], want[ends])
+    assert torch.equal(got[5:], got[5:6].expand(5, -1, -1))  # the same-order pair: one network five times
+
+
 def test_instability_is_max_minus_mean_of_endpoints_and_never_below_half_their_gap(trained):
     assert ins.instability([10.0, 30.0, 20.0]).item() == 15.0
     assert ins.instability([10.0, 12.0, 20.0]).item() == 5.0  # monotone: exactly half the gap
