@@ -40,7 +40,10 @@ STABLE = 2.0  # instability (percentage points) at or below which a network is s
 TRAIN_SUBSET = 5000
 BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
 BN_MODES = ("interpolate", "recompute")
-STACK = 60  # networks evaluated at once (2 pairs of LeNet-300-100 x 30 points: 64 MB of weights)
+# Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
+# examples, 1 thread, best of 3) stacks of 30 took 13.2 s, of 60 24.9 s: the first layer's output
+# of 60 networks for 1,000 examples is 72 MB, allocated and page-faulted in again for every batch.
+STACK = 30
 
 
 def _check_pair(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor]) -> int:
@@ -134,32 +137,26 @@ class MLPLine(nn.Module):
     """The points of a chunk of an MLP's line, its first layer evaluated at the two ends only.
 
     The first layer is linear in its weights, W(α)x + b(α) = lerp(W_a x + b_a, W_b x + b_b, α): the
-    points share the ends' first-layer outputs (`ends`: the T a's then the T b's) and each point
-    runs only the layers after it (LeNet-300-100: the first layer is 88% of the multiply-adds).
-    Exact at α = 0 and 1 and where a == b (torch.lerp); elsewhere equal to evaluating the
-    interpolated network (`nets`, which holds the chunk's state) up to float rounding.
+    points share the first-layer outputs of their pairs' ends (`ends`: the a's, then the b's) and
+    each point runs only the layers after it (LeNet-300-100: the first layer is 88% of the
+    multiply-adds). Exact at α = 0 and 1 and where a == b (torch.lerp); elsewhere equal to
+    evaluating the interpolated network (`nets`, which holds the chunk's state) up to float rounding.
     """
 
-    def __init__(self, nets: models.MLP, ends: models.StackedLinear, pairs: torch.Tensor, alphas: torch.Tensor):
+    def __init__(self, nets: models.MLP, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                 pairs: torch.Tensor, alphas: torch.Tensor):
         super().__init__()
-        self.nets, self.ends = nets, ends
-        device = ends.weight.device
-        self.a, self.b = pairs.to(device), pairs.to(device) + models.n_networks(ends) // 2
-        self.w = alphas.to(device, ends.weight.dtype).view(-1, 1, 1)
+        used, local = torch.unique(pairs, return_inverse=True)
+        w = torch.cat([state_a["layers.0.weight"][used], state_b["layers.0.weight"][used]])
+        self.ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(w.device)
+        self.ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"][used],
+                                                                   state_b["layers.0.bias"][used]])})
+        self.nets, self.a, self.b = nets, local.to(w.device), local.to(w.device) + len(used)
+        self.w = alphas.to(w.device, w.dtype).view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the shared input (1, B, ...) of `evaluate`
-        h = self.ends(x.flatten(2))  # (2T, B, out)
+        h = self.ends(x.flatten(2))  # (2 x pairs, B, out)
         return models._fc_forward(self.nets.layers[1:], torch.relu(torch.lerp(h[self.a], h[self.b], self.w)))
-
-
-def _ends(nets: nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor]):
-    """The first layers of every a and b as one stack, for MLPLine; None for any model but an MLP."""
-    if not isinstance(nets, models.MLP):
-        return None
-    w = torch.cat([state_a["layers.0.weight"], state_b["layers.0.weight"]])
-    ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(w.device)
-    ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"], state_b["layers.0.bias"]])})
-    return ends
 
 
 def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tensor],
@@ -172,8 +169,8 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
     `model` is a registry name (the stack is built with models.build) or a builder n -> stack of n.
     Returns alphas, test_error and train_error (T lists of `points`), test_instability and
     train_instability (T each), in percentage points. Memory: `stack` networks' states plus their
-    activations on `examples` inputs at a time; the default suits LeNet-300-100 (60 networks: 64 MB of
-    weights, 72 MB per activation), a conv network wants a few networks or fewer examples per stack.
+    activations on `examples` inputs at a time; the default suits LeNet-300-100 (30 networks: 32 MB of
+    weights, 36 MB per activation), a conv network wants a few networks or fewer examples per stack.
     """
     if bn not in BN_MODES:
         raise ConfigError(f"instability.bn: {bn!r} is not allowed; use one of {', '.join(BN_MODES)}")
@@ -191,16 +188,16 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         rows = torch.arange(bn_batches * batch_size).view(bn_batches, batch_size)
     device = next(iter(state_a.values())).device
     errors = {s: torch.empty(t * points, dtype=torch.float64) for s in splits}
-    nets = ends = None
+    nets = None
     for start in range(0, t * points, stack):
         idx = torch.arange(start, min(start + stack, t * points))
+        pairs, at = idx // points, alphas[idx % points]
         if nets is None or models.n_networks(nets) != len(idx):
             nets = (models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))).to(device)
-            ends = _ends(nets, state_a, state_b) if ends is None else ends
-        nets.load_state_dict(_mix(state_a, state_b, idx // points, alphas[idx % points]))
+        nets.load_state_dict(_mix(state_a, state_b, pairs, at))
         if rows is not None:
             recompute_bn(nets, x_sub, rows)
-        run = nets if ends is None else MLPLine(nets, ends, idx // points, alphas[idx % points])
+        run = MLPLine(nets, state_a, state_b, pairs, at) if isinstance(nets, models.MLP) else nets
         for s, (x, y) in splits.items():
             errors[s][idx] = percent_error(evaluate(run, x, y, chunk=examples)[1], len(y))
     out: dict = {"alphas": alphas.tolist(), "bn": bn}

@@ -92,7 +92,7 @@ def test_mlp_points_share_the_ends_first_layer_and_equal_the_interpolated_networ
     alphas = torch.linspace(0, 1, 5, dtype=torch.float64)
     plain = models.build(MODEL, [0] * 10)
     plain.load_state_dict(ins.line(a, b, alphas))
-    fast = ins.MLPLine(plain, ins._ends(plain, a, b), torch.arange(2).repeat_interleave(5), alphas.repeat(2))
+    fast = ins.MLPLine(plain, a, b, torch.arange(2).repeat_interleave(5), alphas.repeat(2))
     with torch.no_grad():
         want, got = plain(data["x_test"][None]), fast(data["x_test"][None])
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
