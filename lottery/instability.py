@@ -146,13 +146,14 @@ class MLPLine(nn.Module):
     def __init__(self, nets: models.MLP, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
                  pairs: torch.Tensor, alphas: torch.Tensor):
         super().__init__()
-        used, local = torch.unique(pairs, return_inverse=True)
+        device = state_a["layers.0.weight"].device
+        used, local = (t.to(device) for t in torch.unique(pairs, return_inverse=True))
         w = torch.cat([state_a["layers.0.weight"][used], state_b["layers.0.weight"][used]])
-        self.ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(w.device)
+        self.ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(device)
         self.ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"][used],
                                                                    state_b["layers.0.bias"][used]])})
-        self.nets, self.a, self.b = nets, local.to(w.device), local.to(w.device) + len(used)
-        self.w = alphas.to(w.device, w.dtype).view(-1, 1, 1)
+        self.nets, self.a, self.b = nets, local, local + len(used)
+        self.w = alphas.to(device, w.dtype).view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the shared input (1, B, ...) of `evaluate`
         h = self.ends(x.flatten(2))  # (2 x pairs, B, out)
@@ -178,6 +179,7 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         raise ConfigError(f"instability.points: {points} is not allowed (at least the two endpoints)")
     t = _check_pair(state_a, state_b)
     alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    subset = subset.to(data["x_train"].device)
     x_sub, y_sub = data["x_train"][subset], data["y_train"][subset]
     splits = {"test": (data["x_test"], data["y_test"]), "train": (x_sub, y_sub)}
     rows = None
