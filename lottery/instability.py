@@ -1,0 +1,210 @@
+"""Instability analysis (Frankle, Dziugaite, Roy & Carbin 2020, linear mode connectivity).
+
+Two copies of a network trained from the same weights (θ0, or θk when rewinding) and the same
+mask with different data orders are compared along the straight line between them:
+`line` builds the networks (1 - α)·W_a + α·W_b (every parameter and every floating buffer, so
+BatchNorm running statistics are interpolated with the weights; a pruned weight is 0 at both
+ends and stays 0), `curve` evaluates the error (%) of every point on the test set and on a
+fixed training subset, and `instability(errors)` = max error along the line - mean of the two
+endpoint errors, in percentage points. A network is stable when its instability is <= STABLE.
+
+Every point of every pair is one network of a stack (pair-major: network t·P + p is pair t at
+α_p), evaluated `stack` networks at a time with one shared input (`training.evaluate`), so
+memory is bounded by `stack` networks, whatever the number of pairs and points. An MLP's
+first layer, most of its work, runs at the two ends only and the points lerp its outputs
+(`MLPLine`): the 30 points of 2 LeNet-300-100 pairs then cost about 5.7x fewer multiply-adds.
+
+BatchNorm (`bn`): "interpolate" (default) takes the interpolated running statistics as they
+are; "recompute" resets them at every point and re-estimates them in train mode, without
+gradients, as the cumulative average (torch's momentum=None) over `bn_batches` batches of
+`batch_size` training examples: the first bn_batches·batch_size examples of the fixed training
+subset, so every point, pair and round uses the same batches.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import models
+from .config import ConfigError
+from .masks import Mask
+from .training import evaluate
+
+POINTS = 30  # points on the line, both ends included (the paper's)
+STABLE = 2.0  # instability (percentage points) at or below which a network is stable (the paper's)
+# Training examples evaluated along the line: the error of a point on 5,000 examples has a standard
+# error of at most 0.71 pp (0.42 pp at 10% error), well under the 2 pp threshold, for half the cost
+# of a 10,000-example test set; and it is the size of the validation split.
+TRAIN_SUBSET = 5000
+BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
+BN_MODES = ("interpolate", "recompute")
+# Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
+# examples, 1 thread, best of 3) stacks of 30 took 13.2 s, of 60 24.9 s: the first layer's output
+# of 60 networks for 1,000 examples is 72 MB, allocated and page-faulted in again for every batch.
+STACK = 30
+
+
+def _check_pair(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor]) -> int:
+    """The number of pairs T, after checking that both states hold the same keys and shapes."""
+    if state_a.keys() != state_b.keys():
+        diff = sorted(state_a.keys() ^ state_b.keys())
+        raise ValueError(f"instability: the two states differ in their keys: {diff[0]} is in only one")
+    for k, a in state_a.items():
+        if a.shape != state_b[k].shape:
+            raise ValueError(f"instability: {k} has shape {tuple(a.shape)} in one state, {tuple(state_b[k].shape)} in the other")
+    return len(next(iter(state_a.values())))
+
+
+def _mix(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor], pairs: torch.Tensor,
+         alphas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Network j = lerp(a[pairs[j]], b[pairs[j]], alphas[j]); integer buffers are a's.
+
+    torch.lerp gives a exactly at α = 0, b exactly at α = 1, and a exactly everywhere when a == b
+    (it adds α·(b - a), or subtracts (1 - α)·(b - a) from b); (1 - α)·a + α·b would not.
+    """
+    out = {}
+    for k, a in state_a.items():
+        if not a.is_floating_point():
+            out[k] = a[pairs.to(a.device)]
+            continue
+        w = alphas.to(a.device, a.dtype).view(-1, *[1] * (a.ndim - 1))
+        out[k] = torch.lerp(a[pairs.to(a.device)], state_b[k][pairs.to(a.device)], w)
+    return out
+
+
+def line(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor], alphas,
+         mask: Mask | None = None) -> dict[str, torch.Tensor]:
+    """The stacked state of the networks on the line between T pairs: T·P networks, pair-major.
+
+    `state_a` and `state_b` are stacked states of T networks each (pair t = (a[t], b[t])), P = len(alphas).
+    With `mask` (T networks), both ends must hold zeros where it prunes, so every point does too.
+    """
+    t = _check_pair(state_a, state_b)
+    for k, m in (mask or {}).items():
+        for side, state in (("a", state_a), ("b", state_b)):
+            if (state[k][~m.to(state[k].device)] != 0).any():
+                raise ValueError(f"instability: {k} of state {side} has non-zero pruned weights")
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    p = len(alphas)
+    return _mix(state_a, state_b, torch.arange(t).repeat_interleave(p), alphas.repeat(t))
+
+
+def instability(errors) -> torch.Tensor:
+    """max error along the line - mean of the two endpoint errors, over the last dimension (points)."""
+    e = torch.as_tensor(errors, dtype=torch.float64)
+    return e.max(-1).values - (e[..., 0] + e[..., -1]) / 2
+
+
+def train_subset(n_train: int, size: int = TRAIN_SUBSET, seed: int = 0) -> torch.Tensor:
+    """`size` training-example indices drawn by `seed` alone: the same subset in every round."""
+    if not 0 < size <= n_train:
+        raise ConfigError(f"instability.train_subset: {size} is not allowed (must be 1 to the {n_train} training examples)")
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def percent_error(acc: torch.Tensor, n: int) -> torch.Tensor:
+    """Accuracies over n examples (from `evaluate`) -> error in percent, from the exact count."""
+    wrong = n - (acc.double().cpu() * n).round()
+    return wrong * 100.0 / n
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them over the batches x[rows[k]]:
+    train-mode forwards, cumulative average (momentum 1/(k+1) at batch k, torch's momentum=None)."""
+    bns = [m for m in model.modules() if isinstance(m, models.StackedBatchNorm2d)]
+    if not bns:
+        return
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    model.train()  # (a model with dropout would drop here too; none in the registry has BatchNorm and dropout)
+    for m in bns:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+    try:
+        for k, batch in enumerate(rows):
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)
+            model(x[batch.to(x.device)][None])
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+
+
+class MLPLine(nn.Module):
+    """The points of a chunk of an MLP's line, its first layer evaluated at the two ends only.
+
+    The first layer is linear in its weights, W(α)x + b(α) = lerp(W_a x + b_a, W_b x + b_b, α): the
+    points share the first-layer outputs of their pairs' ends (`ends`: the a's, then the b's) and
+    each point runs only the layers after it (LeNet-300-100: the first layer is 88% of the
+    multiply-adds). Exact at α = 0 and 1 and where a == b (torch.lerp); elsewhere equal to
+    evaluating the interpolated network (`nets`, which holds the chunk's state) up to float rounding.
+    """
+
+    def __init__(self, nets: models.MLP, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                 pairs: torch.Tensor, alphas: torch.Tensor):
+        super().__init__()
+        device = state_a["layers.0.weight"].device
+        used, local = (t.to(device) for t in torch.unique(pairs, return_inverse=True))
+        w = torch.cat([state_a["layers.0.weight"][used], state_b["layers.0.weight"][used]])
+        self.ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(device)
+        self.ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"][used],
+                                                                   state_b["layers.0.bias"][used]])})
+        self.nets, self.a, self.b = nets, local, local + len(used)
+        self.w = alphas.to(device, w.dtype).view(-1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the shared input (1, B, ...) of `evaluate`
+        h = self.ends(x.flatten(2))  # (2 x pairs, B, out)
+        return models._fc_forward(self.nets.layers[1:], torch.relu(torch.lerp(h[self.a], h[self.b], self.w)))
+
+
+def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tensor],
+          state_b: dict[str, torch.Tensor], data: dict[str, torch.Tensor], subset: torch.Tensor,
+          points: int = POINTS, bn: str = "interpolate", bn_batches: int = BN_BATCHES, batch_size: int = 128,
+          stack: int = STACK, examples: int = 1000) -> dict:
+    """Error (%) at `points` evenly spaced α in [0, 1] between T pairs, on the test set and on the
+    training examples `subset` (see `train_subset`), and each pair's instability on both.
+
+    `model` is a registry name (the stack is built with models.build) or a builder n -> stack of n.
+    Returns alphas, test_error and train_error (T lists of `points`), test_instability and
+    train_instability (T each), in percentage points. Memory: `stack` networks' states plus their
+    activations on `examples` inputs at a time; the default suits LeNet-300-100 (30 networks: 32 MB of
+    weights, 36 MB per activation), a conv network wants a few networks or fewer examples per stack.
+    """
+    if bn not in BN_MODES:
+        raise ConfigError(f"instability.bn: {bn!r} is not allowed; use one of {', '.join(BN_MODES)}")
+    if points < 2:
+        raise ConfigError(f"instability.points: {points} is not allowed (at least the two endpoints)")
+    t = _check_pair(state_a, state_b)
+    alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    subset = subset.to(data["x_train"].device)
+    x_sub, y_sub = data["x_train"][subset], data["y_train"][subset]
+    splits = {"test": (data["x_test"], data["y_test"]), "train": (x_sub, y_sub)}
+    rows = None
+    if bn == "recompute":
+        if bn_batches * batch_size > len(subset):
+            raise ConfigError(f"instability.bn_batches: {bn_batches} batches of {batch_size} is more than the "
+                              f"{len(subset)} examples of the training subset")
+        rows = torch.arange(bn_batches * batch_size).view(bn_batches, batch_size)
+    device = next(iter(state_a.values())).device
+    errors = {s: torch.empty(t * points, dtype=torch.float64) for s in splits}
+    nets = None
+    for start in range(0, t * points, stack):
+        idx = torch.arange(start, min(start + stack, t * points))
+        pairs, at = idx // points, alphas[idx % points]
+        if nets is None or models.n_networks(nets) != len(idx):
+            nets = (models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))).to(device)
+        nets.load_state_dict(_mix(state_a, state_b, pairs, at))
+        if rows is not None:
+            recompute_bn(nets, x_sub, rows)
+        run = MLPLine(nets, state_a, state_b, pairs, at) if isinstance(nets, models.MLP) else nets
+        for s, (x, y) in splits.items():
+            errors[s][idx] = percent_error(evaluate(run, x, y, chunk=examples)[1], len(y))
+    out: dict = {"alphas": alphas.tolist(), "bn": bn}
+    for s, e in errors.items():
+        e = e.view(t, points)
+        out[f"{s}_error"] = e.tolist()
+        out[f"{s}_instability"] = instability(e).tolist()
+    return out
