@@ -326,3 +326,8 @@ def kinds(model: nn.Module) -> dict[str, str]:
     convs = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedConv2d)}
     names = prunable(model)
     return {k: "conv" if k in convs else ("output" if k == names[-1] else "fc") for k in names}
+
+
+def n_networks(model: nn.Module) -> int:
+    """Networks in a stack: the leading dimension of every parameter."""
+    return next(model.parameters()).shape[0]
