@@ -219,7 +219,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
         for row in result.curve for i in range(len(init_seeds))
     ]
     metrics = {"round": name, "index": k, "networks": networks, "curve": curve}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     for v in variants:
         rows = [n for n in networks if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
