@@ -167,15 +167,21 @@ def prepare(cfg: Config) -> dict[str, torch.Tensor]:
     }
 
 
+PREPARED = [f"{xy}_{split}" for split in ("train", "val", "test") for xy in "xy"] + ["mean", "std"]
+
+
 def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Prepared tensors, normalised to float32 with the training split's mean and std."""
+    from .artifacts import ArtifactError, load
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared data missing; run `dvc repro prepare`")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: cannot load prepared data ({e}); run `dvc repro -f prepare`") from None
+        raw, _ = load(path, "prepared")
+    except ArtifactError as e:
+        raise DataError(str(e)) from None
+    _check_prepared(path, raw)
     out = {}
     for split in ("train", "val", "test"):
         x = (raw[f"x_{split}"].float() - raw["mean"]) / raw["std"]
@@ -185,6 +191,31 @@ def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict[
 
 
 def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    from .artifacts import atomic_save
+    """data/prepared.pt: an artifact of kind 'prepared' (every tensor's digest recorded)."""
+    from .artifacts import save
 
-    atomic_save(tensors, Path(path))
+    path = Path(path)
+    _check_prepared(path, tensors)
+    save(path, tensors, {"kind": "prepared"})
+
+
+def _check_prepared(path: Path, t: dict[str, torch.Tensor]) -> None:
+    """The keys, dtypes and shapes `load_prepared` relies on: labels int64 beside their examples, one example shape."""
+    def bad(key: str, why: str) -> DataError:
+        return DataError(f"{path}: prepared tensor '{key}' {why}; run `dvc repro -f prepare`")
+
+    for key in PREPARED:
+        if key not in t:
+            raise bad(key, "is missing")
+    example = t["x_train"].shape[1:]
+    for split in ("train", "val", "test"):
+        x, y = t[f"x_{split}"], t[f"y_{split}"]
+        if (x.dtype != torch.uint8 and not x.is_floating_point()) or x.ndim < 2 or x.shape[1:] != example:
+            raise bad(f"x_{split}", f"is {x.dtype} {tuple(x.shape)}: expected uint8 or float, examples {tuple(example)}")
+        if y.dtype != torch.int64 or y.shape != x.shape[:1]:
+            raise bad(f"y_{split}", f"is {y.dtype} {tuple(y.shape)}: expected int64, ({x.shape[0]},)")
+    for key in ("mean", "std"):
+        v = t[key]
+        broadcasts = v.ndim <= len(example) and all(a in (1, b) for a, b in zip(v.shape[::-1], example[::-1]))
+        if not v.is_floating_point() or not broadcasts:
+            raise bad(key, f"is {v.dtype} {tuple(v.shape)}: expected float, broadcastable to {tuple(example)}")

@@ -234,7 +234,7 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
               "val_loss": round(row["val_loss"][i], 6), "val_acc": round(100 * row["val_acc"][i], 4)}
              for row in result.curve for v, t, i in order]
     metrics = {"round": name, "index": round_index(name), "networks": networks, "curve": curve}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     return metrics
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .artifacts import ArtifactError, load
+from .artifacts import ArtifactError, atomic_write, atomic_write_bytes, load
 
 COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
@@ -19,25 +19,40 @@ COLUMNS = [
 ]
 VARIANTS = ["ticket", "reinit", "random"]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
-NETWORK_KEYS = set(COLUMNS[2:]) | {"layers_remaining"}  # what summarize reads of metrics.json
-CURVE_KEYS = {"iteration", "variant", "trial", "val_loss", "val_acc"}
+NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
+CURVE_KEYS = ["iteration", "variant", "trial", "val_loss", "val_acc"]
 
 
 def _read(path: Path) -> dict:
-    """A round's metrics.json, checked for the keys summarize reads."""
+    """A round's metrics.json: a missing, corrupt or malformed file stops summarize naming it."""
     try:
         m = json.loads(path.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; run `dvc repro` to train that round") from None
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path}: corrupt metrics file ({e})") from None
-    nets, curve = (m.get("networks"), m.get("curve")) if isinstance(m, dict) else (None, None)
-    if not (isinstance(nets, list) and nets and isinstance(curve, list) and "index" in m
-            and all(isinstance(n, dict) and NETWORK_KEYS <= set(n) for n in nets)
-            and all(isinstance(c, dict) and CURVE_KEYS <= set(c) for c in curve)):
-        raise ArtifactError(f"{path}: malformed metrics file (expected index, networks with {', '.join(sorted(NETWORK_KEYS))}"
-                            f" and curve with {', '.join(sorted(CURVE_KEYS))}); `dvc repro -f` the round that writes it")
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        raise ArtifactError(f"{path}: corrupt metrics file ({e}); `dvc repro -f` the round that writes it") from None
+    problem = _malformed(m)
+    if problem:
+        raise ArtifactError(f"{path}: malformed metrics file ({problem}); `dvc repro -f` the round that writes it")
     return m
+
+
+def _malformed(m) -> str | None:
+    """What a metrics.json lacks of what summarize reads (None when nothing)."""
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    missing = [k for k in ("round", "index", "networks", "curve") if k not in m]
+    if missing:
+        return f"no {missing[0]!r}"
+    if not isinstance(m["index"], int) or not isinstance(m["networks"], list) or not m["networks"]:
+        return "'index' is not an integer or 'networks' not a non-empty list"
+    for key, keys in (("networks", NETWORK_KEYS), ("curve", CURVE_KEYS)):
+        if not isinstance(m[key], list):
+            return f"{key!r} is not a list"
+        for i, item in enumerate(m[key]):
+            if not isinstance(item, dict) or any(k not in item for k in keys):
+                return f"{key}[{i}] is not an object with {', '.join(keys)}"
+    return None
 
 
 def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -137,7 +152,7 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:]))
     fig.clf()
     return path
 
@@ -253,17 +268,16 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
                          f"| {h['max_accuracy_gain']:+.2f} |")
     lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tuple[dict, pd.DataFrame]:
     """Everything under metrics/; returns the headline numbers and the tidy table."""
-    out.mkdir(parents=True, exist_ok=True)
     df, curves = collect(runs, round_names)
-    df.to_csv(out / "rounds.csv", index=False)
-    accuracy_table(df).to_csv(out / "accuracy.csv", index=False)
+    atomic_write_bytes(out / "rounds.csv", df.to_csv(index=False).encode())
+    atomic_write_bytes(out / "accuracy.csv", accuracy_table(df).to_csv(index=False).encode())
     summary = headline(df, tolerance)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     images = figures(df, curves, layer_table(runs, round_names), out)
     last = round_names[-1]
     first, _ = load(Path(runs) / last / "mask.pt", "mask")

@@ -27,10 +27,18 @@ class Single(nn.Module):
 
 
 def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
+    """Trial `trial` of round `round_name` as one file; the round's mask and model must say they are that round's."""
     runs = Path(runs)
-    theta0, _ = artifacts.load(runs / "init" / "model.pt", "weights")
-    trained, meta = artifacts.load(runs / round_name / "model.pt", "weights")
-    mask, _ = artifacts.load(runs / round_name / "mask.pt", "mask")
+    theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    model, seeds = init_meta.get("model"), init_meta.get("seeds")
+    reference = models.build(model, [0] * len(seeds)).state_dict()
+    names = models.prunable(models.build(model, [0]))
+    artifacts.check_like(runs / "init" / "model.pt", theta0, reference)
+    expect = {"model": model, "round": round_name, "seeds": seeds}
+    trained, meta = artifacts.load(runs / round_name / "model.pt", "weights", expect)
+    artifacts.check_like(runs / round_name / "model.pt", trained, reference)
+    mask, _ = artifacts.load(runs / round_name / "mask.pt", "mask", expect)
+    artifacts.check_like(runs / round_name / "mask.pt", mask, {k: reference[k] for k in names})
     tensors = {}
     for key in trained:
         w0, w = theta0[key][trial], trained[key][trial]
@@ -41,9 +49,8 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
         tensors[f"init/{key}"], tensors[f"trained/{key}"] = w0, w
     kept = sum(int(m[trial].sum()) for m in mask.values())
     total = sum(m[trial].numel() for m in mask.values())
-    artifacts.atomic_save({"meta": {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
-                                    "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total},
-                           "tensors": tensors}, Path(path))
+    artifacts.save(Path(path), tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
+                                         "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total})
 
 
 def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
