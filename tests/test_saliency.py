@@ -324,7 +324,7 @@ def test_prune_to_makes_pruning_prunes_choice(pooled):
     mask = random_mask(model, 0.6, seed=3)
     score = tied_scores(mask)
     rates = {k: 0.35 for k in names}
-    expected = pruning.prune(score, mask, rates, pooled, 0.35)
+    expected = pruning.prune(score, mask, pruning.Plan(rates, pooled, 0.35))
     kept = masks.kept(expected)
     target = Target({k: kept[k] for k in names if k not in pooled}, pooled,
                     sum(kept[k] for k in pooled) if pooled else None)
@@ -337,13 +337,13 @@ def test_pruning_at_init_to_round_k_keeps_imp_round_k_counts(strategy):
     """LeNet-300-100, rates 0.2 (output 0.1), K = 15: IMP prunes 15 times; PaI once, to the same counts."""
     model = models.build("lenet-300-100", [0])
     names = models.prunable(model)
-    rates = pruning.layer_rates(names, names[-1], 0.2, 0.1)
+    rates = {k: 0.1 if k == names[-1] else 0.2 for k in names}  # the output layer at half the rate
     pooled = names[:2] if strategy == "global" else []
     gen = torch.Generator().manual_seed(0)
     imp = masks.ones(model, names)
     for _ in range(15):
         imp = pruning.prune({k: torch.rand(m.shape, generator=gen, dtype=torch.float64) for k, m in imp.items()},
-                            imp, rates, pooled, 0.2)
+                            imp, pruning.Plan(rates, pooled, 0.2))
     target = saliency.imp_target(masks.ones(model, names), rates, pooled, 0.2, rounds=15)
     score = {k: torch.rand(m.shape, generator=gen, dtype=torch.float64) for k, m in imp.items()}
     pai = saliency.prune_to(score, masks.ones(model, names), target)
