@@ -62,10 +62,11 @@ def _load_mnist1d(args: dict) -> dict[str, np.ndarray]:
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR-10's python batches hold: dicts, lists, bytes, str, ints and numpy arrays."""
+    """Admits only what CIFAR-10's python batches hold: dicts, lists, bytes, str, ints and numpy arrays
+    (and numpy integers, as labels written from numpy have)."""
 
-    GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # arrays; bytes in protocol 2
+    GLOBALS = {(f"numpy{core}.multiarray", name) for core in (".core", "._core") for name in ("_reconstruct", "scalar")}
+    GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # _codecs: bytes in protocol 2
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.GLOBALS:

@@ -356,6 +356,14 @@ def test_real_format_cifar_batches_load(tmp_path, numpy_module):
     assert ids(out["x_test"]) == list(range(100, 110)) and out["y_test"].tolist() == [i % 10 for i in range(100, 110)]
 
 
+def test_cifar_batch_with_numpy_integer_labels_loads(tmp_path):
+    path = tmp_path / "data_batch_1"
+    labels = list(np.arange(4, dtype=np.int64) + 3)  # numpy scalars, pickled with numpy's scalar()
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}))
+    x, y = data._read_cifar_batch(path)
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [3, 4, 5, 6]
+
+
 def test_hostile_cifar_batch_is_refused_naming_the_file_and_runs_nothing(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "data_batch_1"
