@@ -1,7 +1,8 @@
 """Dataset registry. Everything is held in memory as tensors (no per-sample Dataset work).
 
-`prepare(cfg)` reads the raw dataset, carves the validation split out of the training
-set by seed and returns a dict of tensors that `stages/prepare.py` saves once;
+`prepare(cfg, record)` reads the raw files that `record` (data/raw.json, `lottery.raw`)
+lists, carves the validation split out of the training set by seed and returns a dict of
+tensors that `stages/prepare.py` saves once;
 `load_prepared(path)` gives the normalised float tensors back to the training loop.
 """
 from __future__ import annotations
