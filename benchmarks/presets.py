@@ -30,7 +30,7 @@ PRESETS = ["lenet", "conv2", "conv4", "conv6", "vgg19", "resnet20"]
 
 
 def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float:
-    from lottery.cli import configure_runtime
+    from lottery.runtime import configure_runtime
     from lottery.training import train
 
     dev = configure_runtime(device, cfg.train.precision)  # as the round stage: mallopt, and CUDA's settings

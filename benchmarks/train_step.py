@@ -119,7 +119,7 @@ def case_ours(iters: int, n: int, precision: str = "float32", fast: bool = True)
 
     from lottery import masks, models
     from lottery.config import TrainConfig
-    from lottery.cli import configure_runtime
+    from lottery.runtime import configure_runtime
     from lottery.training import evaluate, train
 
     configure_runtime(DEVICE, precision)  # as the round stage: mallopt, and CUDA's settings

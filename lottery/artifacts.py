@@ -11,11 +11,13 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from .config import LotteryError
+
 # errno of a write that failed for want of room (or of a writable disk) -> ArtifactError naming the file
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(LotteryError, RuntimeError):
     """An artifact is missing, truncated or corrupt, does not match what the stage expects, or cannot be written."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -39,7 +41,11 @@ MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc rep
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class LotteryError(Exception):
+    """Base of the project's own errors: a stage reports them in one line and exits 2 (`lottery.cli.run`)."""
+
+
+class ConfigError(LotteryError, ValueError):
     """A params value is missing, misspelled, of the wrong type or out of range."""
 
 
@@ -220,9 +226,9 @@ def validate(cfg: Config) -> Config:
                f"it does not take data.dataset {d.dataset!r}; {cfg.model.name} takes: {', '.join(takes)}")
     t = cfg.train
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, "one of " + ", ".join(OPTIMIZERS))
-    _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(0 < t.lr < math.inf, "train.lr", t.lr, "a finite number > 0")
     _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(0 <= t.weight_decay < math.inf, "train.weight_decay", t.weight_decay, "a finite number >= 0")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     _check(t.iterations >= 1, "train.iterations", t.iterations, "an integer >= 1")
     _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
@@ -247,6 +253,9 @@ def validate(cfg: Config) -> Config:
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
+    for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
+        _check(re.fullmatch(r"r\d+", key) is not None, "prune.chain", key, "round names are r<digits>")
+        _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")
     _check(
         p.chain == chain(p.rounds, p.schedule),
         "prune.chain",
@@ -259,7 +268,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= r.iteration < t.iterations, "rewind.iteration", r.iteration,
            f"an iteration in [0, train.iterations={t.iterations})")
     _check(r.to == "iteration" or r.iteration == 0, "rewind.iteration", r.iteration, "0 unless rewind.to is 'iteration'")
-    _check(r.finetune_lr > 0, "rewind.finetune_lr", r.finetune_lr, "a number > 0")
+    _check(0 < r.finetune_lr < math.inf, "rewind.finetune_lr", r.finetune_lr, "a finite number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
     return cfg
 

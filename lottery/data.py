@@ -1,36 +1,23 @@
 """Dataset registry. Everything is held in memory as tensors (no per-sample Dataset work).
 
-`prepare(cfg)` reads the raw dataset, carves the validation split out of the training
-set by seed and returns a dict of tensors that `stages/prepare.py` saves once;
+`prepare(cfg, record)` reads the raw files that `record` (data/raw.json, `lottery.raw`)
+lists, carves the validation split out of the training set by seed and returns a dict of
+tensors that `stages/prepare.py` saves once;
 `load_prepared(path)` gives the normalised float tensors back to the training loop.
 """
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import Config, ConfigError
+from .raw import DataError, describe
 
-# (folder under data.root, system folder, torchvision class, IDX file stem prefix)
-IDX_DATASETS = {
-    "fashion-mnist": ("fashion-mnist", "/usr/share/datasets/fashion-mnist", "FashionMNIST"),
-    "mnist": ("mnist", "/usr/share/datasets/mnist", "MNIST"),
-}
-IDX_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "mnist1d": (40,), "cifar10": (3, 32, 32)}
-CIFAR_DIR = "cifar-10-batches-py"  # CIFAR-10's python format: data_batch_1..5, test_batch (pickles)
-
-
-class DataError(RuntimeError):
-    """A raw or prepared data file is missing, truncated or malformed."""
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -51,36 +38,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
 
 
-def _find_idx(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def idx_folder(name: str, root: Path) -> Path:
-    """First folder holding all four IDX files: data.root/<name>, the system folder, else download."""
-    sub, system, tv_class = IDX_DATASETS[name]
-    candidates = [root / sub, Path(system), root / tv_class / "raw"]
-    for folder in candidates:
-        if all(_find_idx(folder, stem) for stem in IDX_FILES.values()):
-            return folder
-    import torchvision  # only when nothing is on disk
-
-    print(f"[prepare] {name}: no local copy in {', '.join(map(str, candidates[:2]))}; downloading with torchvision")
-    try:
-        for train in (True, False):
-            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types
-        raise DataError(
-            f"{name}: not found locally ({', '.join(map(str, candidates))}) and download failed: {e}"
-        ) from None
-    return candidates[2]
-
-
-def _load_idx_dataset(name: str, root: Path) -> dict[str, np.ndarray]:
-    folder = idx_folder(name, root)
-    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+def _load_idx_dataset(name: str, files: dict[str, dict]) -> dict[str, np.ndarray]:
+    arrays = {role: read_idx(Path(f["path"])) for role, f in files.items()}
+    folder = Path(files["train_x"]["path"]).parent
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
@@ -94,57 +54,64 @@ def _load_idx_dataset(name: str, root: Path) -> dict[str, np.ndarray]:
     }
 
 
-def _load_mnist1d() -> dict[str, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
+def _load_mnist1d(args: dict) -> dict[str, np.ndarray]:
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
 
-    d = make_dataset(get_dataset_args())  # generated offline, seeded by the package's defaults
+    d = make_dataset(ObjectView(dict(args)))  # generated offline, seeded by the recorded arguments
     return {"x": d["x"].astype(np.float32), "y": d["y"], "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"]}
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import pickle
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's python batches hold: dicts, lists, bytes, str, ints and numpy arrays
+    (and numpy integers, as labels written from numpy have)."""
 
+    GLOBALS = {(f"numpy{core}.multiarray", name) for core in (".core", "._core") for name in ("_reconstruct", "scalar")}
+    GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # _codecs: bytes in protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.GLOBALS:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR-10 batch holds only dicts, lists, "
+                                         "bytes, str, ints and numpy arrays")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[b"labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:
+    except Exception as e:  # a malformed pickle fails in many ways
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y
 
 
-def _load_cifar10(root: Path) -> dict[str, np.ndarray]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    candidates = [root / "cifar10" / CIFAR_DIR, root / CIFAR_DIR]
-    folder = next((c for c in candidates if all((c / n).is_file() for n in names)), None)
-    if folder is None:
-        import torchvision
-
-        print(f"[prepare] cifar10: no local copy in {', '.join(map(str, candidates))}; downloading with torchvision")
-        try:
-            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-        except Exception as e:
-            raise DataError(f"cifar10: not found locally ({', '.join(map(str, candidates))}) and download failed: {e}") from None
-        folder = root / CIFAR_DIR
-    train = [_read_cifar_batch(folder / n) for n in names[:5]]
-    x_test, y_test = _read_cifar_batch(folder / "test_batch")
+def _load_cifar10(files: dict[str, dict]) -> dict[str, np.ndarray]:
+    batches = {role: _read_cifar_batch(Path(f["path"])) for role, f in files.items()}
+    train = [batches[f"data_batch_{i}"] for i in range(1, 6)]
+    x_test, y_test = batches["test_batch"]
+    folder = Path(files["test_batch"]["path"]).parent
     print(f"[prepare] cifar10: read {sum(len(y) for _, y in train)} train / {len(y_test)} test images from {folder}")
     return {"x": np.concatenate([x for x, _ in train]), "y": np.concatenate([y for _, y in train]),
             "x_test": x_test, "y_test": y_test}
 
 
-def prepare(cfg: Config) -> dict[str, torch.Tensor]:
-    """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x)."""
+def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
+    """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x).
+
+    `record` (data/raw.json, `lottery.raw.read_record`) names the files read; None locates them now.
+    """
     d = cfg.data
+    record = describe(d.dataset, d.root) if record is None else record
     if d.dataset == "mnist1d":
-        raw = _load_mnist1d()
+        raw = _load_mnist1d(record["generator"]["args"])
     elif d.dataset == "cifar10":
-        raw = _load_cifar10(Path(d.root))
+        raw = _load_cifar10(record["files"])
     else:
-        raw = _load_idx_dataset(d.dataset, Path(d.root))
+        raw = _load_idx_dataset(d.dataset, record["files"])
     n = len(raw["y"])
     if d.validation >= n:
         raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")

@@ -1,4 +1,5 @@
-"""Write params.yaml from conf/config.yaml, exactly as `dvc exp run` does (Hydra composition).
+"""Write params.yaml from conf/config.yaml, exactly as `dvc exp run` does (Hydra composition),
+then validate it: an unknown key or a bad value exits non-zero naming it.
 
     python -m lottery.params                      # defaults
     python -m lottery.params prune.rounds=3 trials=1
@@ -18,4 +19,11 @@ def compose(overrides: list[str], root: Path = Path("."), output: str = "params.
 
 
 if __name__ == "__main__":
-    print(f"wrote {compose(sys.argv[1:])}")
+    from .config import ConfigError, load
+
+    path = compose(sys.argv[1:])
+    try:
+        load(path)
+    except ConfigError as e:
+        sys.exit(f"error: {path}: {e}")
+    print(f"wrote {path}")

@@ -13,11 +13,11 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import torch
 
-from .config import PruneConfig
+from .config import LotteryError, PruneConfig
 from .masks import Mask, is_subset, kept
 
 
-class PruningError(ValueError):
+class PruningError(LotteryError, ValueError):
     """A pruning step cannot meet its plan (a layer would lose every weight) or broke an invariant."""
 
 

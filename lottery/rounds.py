@@ -24,7 +24,8 @@ from . import artifacts, masks, models, pruning
 from .artifacts import ArtifactError
 from .config import Config, ConfigError
 from .data import load_prepared
-from .training import resolve_device, train
+from .runtime import resolve_device
+from .training import train
 
 
 def trial_seeds(cfg: Config) -> list[int]:

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_save
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, LotteryError, TrainConfig
 from .masks import Mask
 from .step import Step, set_lr
 
 
-class NumericalError(RuntimeError):
+class NumericalError(LotteryError, RuntimeError):
     """The loss or a weight became NaN or infinite."""
 
 
@@ -65,20 +65,6 @@ def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[in
     for t in [*model.state_dict().values(), *mask.values()]:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
-
-
-def resolve_device(name: str, precision: str = "float32") -> torch.device:
-    """cpu, cuda or auto, checked against this machine and `precision` (tf32 needs CUDA).
-
-    Changes nothing in the process: `lottery.cli.configure_runtime` applies the settings a device needs."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' is not allowed here (no CUDA device is visible); use cpu or auto")
-    if name != "cuda" and precision == "tf32":
-        raise ConfigError(f"train.precision: 'tf32' is not allowed on {name} (TF32 is a CUDA tensor-core mode); "
-                          "use float32 or bfloat16")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):

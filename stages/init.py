@@ -3,7 +3,8 @@ import argparse
 from pathlib import Path
 
 from lottery import config, rounds
-from lottery.cli import configure_runtime, run
+from lottery.cli import run
+from lottery.runtime import configure_runtime
 
 
 def main() -> None:

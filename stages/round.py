@@ -7,7 +7,8 @@ import argparse  # noqa: E402
 from pathlib import Path
 
 from lottery import config, rounds  # noqa: E402
-from lottery.cli import configure_runtime, run  # noqa: E402
+from lottery.cli import run  # noqa: E402
+from lottery.runtime import configure_runtime  # noqa: E402
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import yaml
@@ -159,6 +160,12 @@ MALFORMED = [
     ("controls-not-list", _set("controls", "reinit"), "controls"),
     ("tolerance-101", _set("summary.tolerance", 101), "summary.tolerance"),
     ("tolerance-negative", _set("summary.tolerance", -0.5), "summary.tolerance"),
+    ("lr-inf", _set("train.lr", math.inf), "train.lr"),
+    ("lr-nan", _set("train.lr", math.nan), "train.lr"),
+    ("weight-decay-inf", _set("train.weight_decay", math.inf), "train.weight_decay"),
+    ("finetune-lr-inf", lambda raw: raw.update(rewind={"finetune_lr": math.inf}), "rewind.finetune_lr"),
+    ("checkpoint-seconds-zero", _set("train.checkpoint_seconds", 0), "train.checkpoint_seconds"),
+    ("log-every-minus-5", _set("train.log_every", -5), "train.log_every"),
 ]
 
 
@@ -229,3 +236,25 @@ def test_load_validates_contents(tmp_path):
     with pytest.raises(ConfigError, match=r"prune\.rate"):
         config.load(path)
 
+
+
+@pytest.mark.parametrize("chain, name", [
+    ({"r0": "init", "r1$(touch pwned)": "r0"}, "r1$(touch pwned)"),
+    ({"r0": "init", "r1": "r0; touch pwned"}, "r0; touch pwned"),
+    ({"r0": "init", "r01": "r0"}, None),  # r<digits>, but not what rounds=1 generates
+])
+def test_round_names_must_be_r_digits(chain, name):
+    # a round name reaches a shell through DVC's templated stage command: refused by its form
+    raw = valid()
+    raw["prune"].update(rounds=1, chain=chain)
+    with pytest.raises(ConfigError, match=r"prune\.chain") as e:
+        config.from_dict(raw)
+    if name is not None:
+        assert repr(name) in str(e.value) and "r<digits>" in str(e.value)
+
+
+def test_infinite_lr_message():
+    raw = valid()
+    raw["train"]["lr"] = math.inf
+    with pytest.raises(ConfigError, match=r"train\.lr: inf is not allowed \(a finite number > 0\)"):
+        config.from_dict(raw)

@@ -5,6 +5,11 @@ Fixtures are tiny gzip IDX files written under tmp_path: no test reads the real 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
+import pickle
+import pickletools
 import struct
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import config, data
+from lottery import config, data, raw
 from lottery.config import ConfigError
 from lottery.data import DataError
 
@@ -241,3 +246,130 @@ def test_prepare_mnist1d():
     assert sorted(out["y_train"].unique().tolist()) == list(range(10))
     assert out["y_train"].dtype == torch.int64
     assert torch.isfinite(out["x_train"]).all()
+
+
+# ---------------------------------------------------------------- data/raw.json: the files prepare reads
+
+
+def test_describe_records_path_size_and_sha256_of_each_file(raw_root):
+    record = raw.describe("fashion-mnist", raw_root)
+    assert record["dataset"] == "fashion-mnist" and set(record["files"]) == set(raw.IDX_FILES)
+    for role, f in record["files"].items():
+        path = raw_root / "fashion-mnist" / (raw.IDX_FILES[role] + ".gz")
+        assert f == {"path": str(path), "size": path.stat().st_size,
+                     "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    # an edited raw file is a different record (the check stage writes it; prepare depends on it)
+    write_gz(raw_root / "fashion-mnist" / "train-labels-idx1-ubyte.gz", idx_bytes((np.arange(N_TRAIN) + 1) % 10))
+    assert raw.describe("fashion-mnist", raw_root)["files"]["train_y"]["sha256"] != record["files"]["train_y"]["sha256"]
+
+
+def test_a_copy_that_takes_precedence_changes_the_record(tmp_path):
+    # mnist: data.root/mnist/ before the system folder before data.root/MNIST/raw/ (torchvision's download)
+    for folder in (tmp_path / "MNIST" / "raw", tmp_path / "mnist"):
+        write_gz(folder / "train-images-idx3-ubyte.gz", idx_bytes(make_images(N_TRAIN, 0, seed=1)))
+        write_gz(folder / "train-labels-idx1-ubyte.gz", idx_bytes(np.arange(N_TRAIN) % 10))
+        write_gz(folder / "t10k-images-idx3-ubyte.gz", idx_bytes(make_images(N_TEST, 150, seed=2)))
+        write_gz(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.arange(N_TEST) % 10))
+        if folder.name == "raw":
+            downloaded = raw.describe("mnist", tmp_path)
+            assert downloaded["files"]["train_x"]["path"] == str(folder / "train-images-idx3-ubyte.gz")
+    local = raw.describe("mnist", tmp_path)
+    assert local["files"]["train_x"]["path"] == str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz")
+    assert local != downloaded
+
+
+def test_prepare_reads_the_recorded_files_and_refuses_a_changed_one(raw_root, tmp_path):
+    record_path = tmp_path / "raw.json"
+    record_path.write_text(json.dumps(raw.describe("fashion-mnist", raw_root)))
+    record = raw.read_record(record_path, "fashion-mnist")
+    out = data.prepare(make_cfg(raw_root), record)
+    assert torch.equal(out["x_train"], data.prepare(make_cfg(raw_root))["x_train"])
+    # the record, not data.root, names the files read
+    assert torch.equal(data.prepare(make_cfg(tmp_path / "elsewhere"), record)["x_test"], out["x_test"])
+    with pytest.raises(DataError, match="mnist1d"):
+        raw.read_record(record_path, "mnist1d")
+    changed = raw_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    write_gz(changed, idx_bytes(np.arange(N_TEST) % 10))
+    with pytest.raises(DataError) as e:
+        raw.read_record(record_path, "fashion-mnist")
+    assert str(changed) in str(e.value) and "changed" in str(e.value)
+    with pytest.raises(DataError, match="none.json"):
+        raw.read_record(tmp_path / "none.json", "fashion-mnist")
+
+
+def test_mnist1d_record_holds_the_generator_version_and_arguments():
+    pytest.importorskip("mnist1d")
+    from importlib import metadata
+
+    from mnist1d.data import get_dataset_args
+
+    record = raw.describe("mnist1d", "data/raw")
+    assert record == {"dataset": "mnist1d", "generator": {
+        "package": "mnist1d", "version": metadata.version("mnist1d"), "args": dict(vars(get_dataset_args()))}}
+    assert record["generator"]["args"]["seed"] == 42 and record["generator"]["args"]["num_samples"] == 5000
+    # prepare generates with the recorded arguments
+    record["generator"]["args"]["num_samples"] = 1000
+    out = data.prepare(make_cfg(dataset="mnist1d", validation=100), record)
+    assert len(out["y_train"]) + 100 == 800 and len(out["y_test"]) == 200
+
+
+# ---------------------------------------------------------------- CIFAR-10 python batches
+
+
+class _Hostile:
+    """A pickle that runs a shell command when loaded by an unrestricted unpickler."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.target}",)
+
+
+def cifar_batch(n: int, offset: int, numpy_module: str = "numpy._core.multiarray") -> bytes:
+    """A CIFAR-10 python batch as the real files hold it: a dict of bytes keys, pickled in protocol 2,
+    the images a uint8 numpy array (the real files, from numpy 1, name numpy.core.multiarray)."""
+    x = np.random.default_rng(offset).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    x[:, 0] = offset + np.arange(n)
+    d = {b"batch_label": b"training batch", b"labels": [int(i % 10) for i in range(offset, offset + n)],
+         b"data": x, b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    blob = pickle.dumps(d, protocol=2)
+    return blob.replace(b"numpy._core.multiarray\n", numpy_module.encode() + b"\n")
+
+
+def test_cifar_batch_pickle_globals_are_the_admitted_ones():
+    blob = cifar_batch(2, 0, "numpy.core.multiarray")
+    found = {arg for op, arg, _ in pickletools.genops(blob) if op.name == "GLOBAL"}
+    assert found == {"_codecs encode", "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_real_format_cifar_batches_load(tmp_path, numpy_module):
+    folder = tmp_path / "raw" / raw.CIFAR_DIR
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(cifar_batch(10, 10 * (i - 1), numpy_module))
+    (folder / "test_batch").write_bytes(cifar_batch(10, 100, numpy_module))
+    out = data.prepare(make_cfg(tmp_path / "raw", dataset="cifar10", validation=5))
+    assert out["x_train"].shape == (45, 3, 32, 32) and out["x_test"].shape == (10, 3, 32, 32)
+    assert sorted(ids(out["x_train"]) + ids(out["x_val"])) == list(range(50))
+    assert ids(out["x_test"]) == list(range(100, 110)) and out["y_test"].tolist() == [i % 10 for i in range(100, 110)]
+
+
+def test_cifar_batch_with_numpy_integer_labels_loads(tmp_path):
+    path = tmp_path / "data_batch_1"
+    labels = list(np.arange(4, dtype=np.int64) + 3)  # numpy scalars, pickled with numpy's scalar()
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}))
+    x, y = data._read_cifar_batch(path)
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [3, 4, 5, 6]
+
+
+def test_hostile_cifar_batch_is_refused_naming_the_file_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": _Hostile(target), b"labels": [0]}, protocol=2))
+    assert b"system" in path.read_bytes()  # the pickle does call os.system (posix.system) when loaded
+    with pytest.raises(DataError) as e:
+        data._read_cifar_batch(path)
+    assert str(path) in str(e.value) and "refused" in str(e.value) and "system" in str(e.value)
+    assert not target.exists()

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from lottery import masks, models, step
-from lottery.cli import configure_runtime
+from lottery.runtime import configure_runtime
 from lottery.config import ConfigError, TrainConfig
 from lottery.step import stop_pruned_updates
-from lottery.training import NumericalError, Result, resolve_device, train
+from lottery.runtime import resolve_device
+from lottery.training import NumericalError, Result, train
 
 MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
 

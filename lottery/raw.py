@@ -1,0 +1,124 @@
+"""The raw files of a dataset: where they are and what they hold. Torch-free: the `check` stage
+imports it on every repro.
+
+`describe(dataset, root)` is what `check` writes to data/raw.json: each file `prepare` will read
+(path, size, sha256), found by `locate` (the local copy under data.root first, then the system
+copy, else a torchvision download), or for the generated mnist1d the generator's version and
+arguments. `read_record` gives it back to `prepare`, after checking that every listed file is
+still the one recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+from .config import LotteryError
+
+# dataset -> (folder under data.root, system folder, torchvision class)
+IDX_DATASETS = {
+    "fashion-mnist": ("fashion-mnist", "/usr/share/datasets/fashion-mnist", "FashionMNIST"),
+    "mnist": ("mnist", "/usr/share/datasets/mnist", "MNIST"),
+}
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+CIFAR_DIR = "cifar-10-batches-py"  # CIFAR-10's python format: data_batch_1..5, test_batch (pickles)
+CIFAR_FILES = {name: name for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+
+
+class DataError(LotteryError, RuntimeError):
+    """A raw or prepared data file is missing, truncated or malformed."""
+
+
+def _sources(dataset: str, root: Path) -> tuple[list[Path], dict[str, str], tuple[str, ...], str]:
+    """Candidate folders in order of precedence, role -> file name, accepted suffixes, torchvision class."""
+    if dataset == "cifar10":
+        return [root / "cifar10" / CIFAR_DIR, root / CIFAR_DIR], CIFAR_FILES, ("",), "CIFAR10"
+    sub, system, tv_class = IDX_DATASETS[dataset]
+    return [root / sub, Path(system), root / tv_class / "raw"], IDX_FILES, ("", ".gz"), tv_class
+
+
+def _complete(folders: list[Path], files: dict[str, str], suffixes: tuple[str, ...]) -> dict[str, Path] | None:
+    """role -> path in the first folder that holds every file."""
+    for folder in folders:
+        found = {role: next((folder / (name + s) for s in suffixes if (folder / (name + s)).is_file()), None)
+                 for role, name in files.items()}
+        if all(found.values()):
+            return found
+    return None
+
+
+def locate(dataset: str, root: str | Path) -> dict[str, Path]:
+    """role -> the file `prepare` reads; downloads with torchvision only when no folder holds them all."""
+    root = Path(root)
+    folders, files, suffixes, tv_class = _sources(dataset, root)
+    found = _complete(folders, files, suffixes)
+    if found is not None:
+        return found
+    import torchvision  # only when nothing is on disk (imports torch)
+
+    where = ", ".join(map(str, folders))
+    print(f"[check] {dataset}: no local copy in {where}; downloading with torchvision", flush=True)
+    try:
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"{dataset}: not found locally ({where}) and download failed: {e}") from None
+    found = _complete(folders, files, suffixes)
+    if found is None:
+        raise DataError(f"{dataset}: downloaded, but the files are still not in any of {where}")
+    return found
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _mnist1d_args() -> dict:
+    try:
+        from mnist1d.data import get_dataset_args
+    except ImportError as e:
+        raise DataError(f"mnist1d: the generator package is not installed ({e})") from None
+    return dict(vars(get_dataset_args()))
+
+
+def describe(dataset: str, root: str | Path) -> dict:
+    """data/raw.json: the files `prepare` reads with size and sha256, or mnist1d's generator and its arguments."""
+    if dataset == "mnist1d":
+        args = _mnist1d_args()
+        return {"dataset": dataset, "generator": {"package": "mnist1d", "version": metadata.version("mnist1d"), "args": args}}
+    files = {role: {"path": str(p), "size": p.stat().st_size, "sha256": sha256(p)}
+             for role, p in locate(dataset, root).items()}
+    return {"dataset": dataset, "files": files}
+
+
+def read_record(path: str | Path, dataset: str) -> dict:
+    """data/raw.json for `prepare`: it must describe `dataset`, and every file must still match its digest."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run `dvc repro` (the check stage writes it)") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); run `dvc repro`") from None
+    if not isinstance(record, dict) or record.get("dataset") != dataset:
+        got = record.get("dataset") if isinstance(record, dict) else record
+        raise DataError(f"{path}: describes {got!r}, not data.dataset {dataset!r}; run `dvc repro`")
+    for f in record.get("files", {}).values():
+        p = Path(f["path"])
+        if not p.is_file() or p.stat().st_size != f["size"] or sha256(p) != f["sha256"]:
+            raise DataError(f"{p}: changed since {path} recorded it (size or sha256 differ); run `dvc repro`")
+    generator = record.get("generator")
+    if generator and metadata.version(generator["package"]) != generator["version"]:
+        raise DataError(f"{path}: recorded {generator['package']} {generator['version']}, installed "
+                        f"{metadata.version(generator['package'])}; run `dvc repro`")
+    return record

@@ -1,0 +1,31 @@
+"""check: validate the whole params.yaml, record the raw data prepare will read -> data/raw.json.
+
+Runs first, on every repro (always_changed), and imports no torch. A bad params.yaml fails here,
+naming the key, before any stage deletes its outputs; a raw file replaced or edited changes
+data/raw.json (path, size, sha256 of each file; mnist1d: generator version and arguments), so
+`prepare` reruns.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from lottery import config, raw
+from lottery.cli import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="data/raw.json")
+    args = ap.parse_args()
+    cfg = config.load(args.params)
+    record = raw.describe(cfg.data.dataset, cfg.data.root)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    what = f"{len(record['files'])} files" if "files" in record else "generator " + record["generator"]["version"]
+    print(f"[check] {args.params} valid; {cfg.data.dataset}: {what} -> {out}")
+
+
+if __name__ == "__main__":
+    run(main)
