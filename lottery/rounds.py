@@ -7,13 +7,16 @@ Files written per round (all under runs/<round>/):
   mask.pt      the ticket masks, one per trial
   model.pt     the ticket's trained weights, one per trial (the next round prunes these)
   controls.pt  masks and trained weights of the controls
-  metrics.json per-network results and validation curves (summarize reads these)
+  metrics.json per-network results (summarize reads these)
+  live/        validation curves of every network, written with DVCLive (`dvc plots show`)
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,12 +234,30 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
         "min_val_loss": round(result.min_val_loss[i], 6),
     } for v, t, i in order]
-    curve = [{"iteration": row["iteration"], "variant": v, "trial": t,
-              "val_loss": round(row["val_loss"][i], 6), "val_acc": round(100 * row["val_acc"][i], 4)}
-             for row in result.curve for v, t, i in order]
-    metrics = {"round": name, "index": round_index(name), "networks": networks, "curve": curve}
+    metrics = {"round": name, "index": round_index(name), "networks": networks}
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    log_curves(out / "live", order, result.curve)
     return metrics
+
+
+def log_curves(folder: Path, order: list[tuple[str, int, int]], curve: list[dict]) -> None:
+    """Every network's validation curve, written with DVCLive (step = iteration), so `dvc plots show`
+    and DVC's editor integrations display them: folder/plots/metrics/<variant>/<trial>/val_{acc,loss}.tsv
+    (accuracy in %). Written beside `folder` and renamed into place: never half a folder."""
+    from dvclive import Live
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False, report=None)
+    for row in curve:
+        live.step = row["iteration"]
+        for v, t, i in order:
+            live.log_metric(f"{v}/{t}/val_acc", round(100 * row["val_acc"][i], 4))
+            live.log_metric(f"{v}/{t}/val_loss", round(row["val_loss"][i], 6))
+        live.next_step()
+    live.end()
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
 
 
 def _check_saved(weights: dict[str, torch.Tensor], mask: masks.Mask, name: str) -> None:

@@ -20,7 +20,6 @@ COLUMNS = [
 VARIANTS = ["ticket", "reinit", "random"]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
-CURVE_KEYS = ["iteration", "variant", "trial", "val_loss", "val_acc"]
 
 
 def _read(path: Path) -> dict:
@@ -41,17 +40,14 @@ def _malformed(m) -> str | None:
     """What a metrics.json lacks of what summarize reads (None when nothing)."""
     if not isinstance(m, dict):
         return "not a JSON object"
-    missing = [k for k in ("round", "index", "networks", "curve") if k not in m]
+    missing = [k for k in ("round", "index", "networks") if k not in m]
     if missing:
         return f"no {missing[0]!r}"
     if not isinstance(m["index"], int) or not isinstance(m["networks"], list) or not m["networks"]:
         return "'index' is not an integer or 'networks' not a non-empty list"
-    for key, keys in (("networks", NETWORK_KEYS), ("curve", CURVE_KEYS)):
-        if not isinstance(m[key], list):
-            return f"{key!r} is not a list"
-        for i, item in enumerate(m[key]):
-            if not isinstance(item, dict) or any(k not in item for k in keys):
-                return f"{key}[{i}] is not an object with {', '.join(keys)}"
+    for i, item in enumerate(m["networks"]):
+        if not isinstance(item, dict) or any(k not in item for k in NETWORK_KEYS):
+            return f"networks[{i}] is not an object with {', '.join(NETWORK_KEYS)}"
     return None
 
 
@@ -62,8 +58,26 @@ def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFr
         m = _read(Path(runs) / name / "metrics.json")
         for n in m["networks"]:
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"]})
-        curves += [{"round": name, "index": m["index"], **c} for c in m["curve"]]
-    return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(curves)
+        curves.append(read_curves(Path(runs) / name / "live").assign(round=name, index=m["index"]))
+    return pd.DataFrame(rows, columns=COLUMNS), pd.concat(curves, ignore_index=True)
+
+
+def read_curves(folder: Path) -> pd.DataFrame:
+    """A round's validation curves as DVCLive wrote them (`rounds.log_curves`): one row per iteration,
+    variant and trial, with val_loss and val_acc (%)."""
+    frames = []
+    for acc in sorted((folder / "plots" / "metrics").glob("*/*/val_acc.tsv")):
+        try:
+            a = pd.read_csv(acc, sep="\t")
+            loss = pd.read_csv(acc.with_name("val_loss.tsv"), sep="\t")
+            frames.append(pd.DataFrame({"iteration": a["step"], "variant": acc.parent.parent.name,
+                                        "trial": int(acc.parent.name), "val_loss": loss["val_loss"], "val_acc": a["val_acc"]}))
+        except (OSError, ValueError, KeyError) as e:
+            raise ArtifactError(f"{acc.parent}: unreadable validation curve ({type(e).__name__}: {e}); "
+                                "`dvc repro -f` the round that writes it") from None
+    if not frames:
+        raise ArtifactError(f"{folder}: no validation curves; `dvc repro -f` the round that writes it")
+    return pd.concat(frames, ignore_index=True)
 
 
 def _means(df: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +108,7 @@ def by_round(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline(df: pd.DataFrame, tolerance: float) -> dict:
-    """The numbers of metrics/summary.json (stable keys)."""
+    """The headline numbers: dense, per round (metrics/rounds.json) and per variant (`declared`: metrics/summary.json)."""
     mean = _means(df)
     dense_acc, dense_es = float(_dense(mean)["test_accuracy"]), float(_dense(mean)["early_stop_iteration"])
     out: dict = {"dense": {"test_accuracy": round(dense_acc, 4), "early_stop_iteration": round(dense_es, 1)}}
@@ -117,6 +131,23 @@ def headline(df: pd.DataFrame, tolerance: float) -> dict:
             "max_early_stop_speedup": round(dense_es / float(sub["early_stop_iteration"].min()), 4),
             "max_accuracy_gain": round(float(sub["test_accuracy"].max()) - dense_acc, 4),
         }
+    return out
+
+
+# metrics/summary.json, the metrics DVC compares experiments on (`dvc exp show`, `dvc metrics diff`):
+# short keys, so that a readable table fits a terminal. headline() key -> declared key.
+DECLARED = {"smallest_winning_weights_remaining": "win", "max_early_stop_speedup": "speedup",
+            "max_accuracy_gain": "gain"}
+
+
+def declared(summary: dict) -> dict:
+    """The headline as DVC metrics: dense_acc, and per variant win (the sparsest % of weights remaining
+    still within tolerance of dense), speedup (max early-stop speed-up) and gain (max accuracy gain, pp).
+    The per-round numbers go to metrics/rounds.json, not here: one column each would flood `dvc exp show`."""
+    out: dict = {"dense_acc": summary["dense"]["test_accuracy"]}
+    for v in VARIANTS:
+        if v in summary:
+            out[v] = {short: summary[v][long] for long, short in DECLARED.items()}
     return out
 
 
@@ -277,7 +308,8 @@ def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tu
     atomic_write_bytes(out / "rounds.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "accuracy.csv", accuracy_table(df).to_csv(index=False).encode())
     summary = headline(df, tolerance)
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "summary.json", (json.dumps(declared(summary), indent=2) + "\n").encode())
+    atomic_write_bytes(out / "rounds.json", (json.dumps(summary["rounds"], indent=2) + "\n").encode())
     images = figures(df, curves, layer_table(runs, round_names), out)
     last = round_names[-1]
     first, _ = load(Path(runs) / last / "mask.pt", "mask")

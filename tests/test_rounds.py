@@ -402,3 +402,23 @@ def test_a_stage_script_turns_only_project_errors_into_one_line(capsys):
     assert capsys.readouterr().err == "error: pruning layer 'w' at rate 0.5 would remove all its 1 weights\n"
     with pytest.raises(ValueError, match="a bug"):  # anything else keeps its traceback
         run(fails(ValueError("a bug")))
+
+
+def test_curves_are_written_with_dvclive_and_read_back_by_summarize(tmp_path):
+    curve = [{"iteration": it, "val_loss": [0.5 + it, 0.25 + it], "val_acc": [0.5, 0.875]} for it in (50, 100)]
+    order = [("ticket", 0, 0), ("reinit", 0, 1)]
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "stale.tsv").write_text("left by an earlier run\n")
+    rounds.log_curves(tmp_path / "live", order, curve)
+    acc = (tmp_path / "live/plots/metrics/reinit/0/val_acc.tsv").read_text().split()
+    assert acc == ["step", "val_acc", "50", "87.5", "100", "87.5"]  # DVCLive's TSV: step = iteration, accuracy in %
+    assert not (tmp_path / "live" / "stale.tsv").exists() and not list(tmp_path.glob(".live*"))
+    from lottery import summary
+
+    got = summary.read_curves(tmp_path / "live").sort_values(["variant", "iteration"]).to_dict("records")
+    assert got == [
+        {"iteration": 50, "variant": "reinit", "trial": 0, "val_loss": 50.25, "val_acc": 87.5},
+        {"iteration": 100, "variant": "reinit", "trial": 0, "val_loss": 100.25, "val_acc": 87.5},
+        {"iteration": 50, "variant": "ticket", "trial": 0, "val_loss": 50.5, "val_acc": 50.0},
+        {"iteration": 100, "variant": "ticket", "trial": 0, "val_loss": 100.5, "val_acc": 50.0},
+    ]
