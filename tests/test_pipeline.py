@@ -69,7 +69,7 @@ def test_metrics_diff_between_two_experiments(repo):
     assert "rate-a" in shown and "rate-b" in shown and "ticket.win" in shown
     # the README's two views: readable at 120 columns (no column folded into '…')
     repo.env["COLUMNS"] = "120"
-    for drop, want in (("/|Created|chain|reinit|random", "ticket."), ("/|Created|chain|speedup", ".gain")):
+    for drop, want in (("runs|/|Created|chain|reinit|random", "ticket."), ("runs|/|Created|chain|speedup", ".gain")):
         table = repo.dvc("exp", "show", "--no-pager", "--only-changed", "--drop", drop).stdout
         assert "…" not in table and max(map(len, table.splitlines())) <= 120, table
         assert "rate-a" in table and "rate-b" in table and "prune.rate" in table and want in table, table
