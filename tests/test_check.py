@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import yaml
 from conftest import ran
+from lottery import artifacts
 from test_data import idx_bytes, make_images, write_gz
 
 ROUND_FILES = ("mask.pt", "model.pt", "controls.pt", "metrics.json")
@@ -83,7 +84,7 @@ def test_a_changed_raw_file_reruns_prepare(repo):
     assert ran(repo.dvc("repro", "prepare").stdout) == []
     write_gz(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes((np.arange(20) + 3) % 10))  # an edited raw file
     assert ran(repo.dvc("repro", "prepare").stdout) == ["prepare"]
-    prepared = torch.load(repo.path / "data/prepared.pt", weights_only=True)
+    prepared, _ = artifacts.load(repo.path / "data/prepared.pt", "prepared")
     assert prepared["y_test"].tolist() == [(i + 3) % 10 for i in range(20)]
     # a file changed between check and prepare stops prepare, naming it
     write_gz(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.arange(20) % 10))
