@@ -7,7 +7,6 @@ import math
 import sys
 
 import numpy as np
-import torch
 import yaml
 from conftest import ran
 from lottery import artifacts
