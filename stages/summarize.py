@@ -13,7 +13,7 @@ def main() -> None:
     ap.add_argument("--out", default="metrics")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    names = list(cfg.prune.chain)
+    names = config.round_names(cfg.prune)
     result, df = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
     print(summary.format_table(df))
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
