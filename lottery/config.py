@@ -37,6 +37,7 @@ KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
 CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
+ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
@@ -293,7 +294,7 @@ def validate(cfg: Config) -> Config:
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
-        _check(re.fullmatch(r"r\d+", key) is not None, "prune.chain", key, "round names are r<digits>")
+        _check(re.fullmatch(ROUND_NAME, key) is not None, "prune.chain", key, "round names are r<digits>")
         _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")
     _check(
         p.chain == chain(p.rounds, p.schedule),

@@ -105,6 +105,18 @@ def test_metrics_diff_between_two_experiments(repo):
     assert bad.returncode != 0 and "no-such-exp" in bad.stderr
 
 
+@pytest.mark.parametrize("round_name, says", [
+    ("r99", "round r99 is not in 'HEAD'"),
+    ("r1/../../x", "'r1/../../x' is not a round name of 'HEAD'"),
+    ("dense", "'dense' is not a round name"),
+])
+def test_compare_names_a_missing_or_malformed_round_in_one_line(repo, round_name, says):
+    p = repo.run(sys.executable, "-m", "lottery.compare", "HEAD", "HEAD", "--round", round_name, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and says in p.stderr, p.stderr  # one line, no traceback
+    assert p.stdout == ""
+
+
 def test_forced_rerun_of_one_round_gives_identical_bytes(repo):
     before = {f: (repo.path / "runs/r1" / f).read_bytes() for f in ("mask.pt", "model.pt", "controls.pt", "metrics.json")}
     out = repo.dvc("repro", "-f", "-s", "round@r1").stdout
