@@ -7,6 +7,7 @@ Each side is a git revision or a DVC experiment name; its mask is read from the 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts
+from .config import ROUND_NAME
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -30,15 +32,20 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str,
 def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
     """The round's ticket mask in `rev`, loaded and checked by `artifacts.load` (from a temporary copy)."""
     import dvc.api
+    from dvc.exceptions import PathMissingError
     from dvc.scm import RevError
 
+    if not re.fullmatch(ROUND_NAME, round_name):
+        raise SystemExit(f"error: --round {round_name!r} is not a round name of '{rev}' (r<digits>: r0 is dense, "
+                         "r1 the first pruned round)")
     path = f"runs/{round_name}/mask.pt"
     try:
         blob = dvc.api.read(path, rev=rev, mode="rb")
     except RevError:
         raise SystemExit(f"error: '{rev}' is neither an experiment nor a git revision of this repository (dvc exp show lists them)")
-    except FileNotFoundError:
-        raise SystemExit(f"error: {path} does not exist in '{rev}' (did that experiment run round {round_name}?)")
+    except (FileNotFoundError, PathMissingError):  # dvc.api.read raises PathMissingError for a path it cannot find
+        raise SystemExit(f"error: round {round_name} is not in '{rev}': {path} does not exist there "
+                         f"(its prune.rounds is smaller, or it never ran that round)") from None
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "mask.pt"
         copy.write_bytes(blob)

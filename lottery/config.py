@@ -37,6 +37,7 @@ KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
 CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
+ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
@@ -125,9 +126,16 @@ class Config:
     rewind: RewindConfig = field(default_factory=RewindConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
 
-    def section_digest(self, *sections: str) -> str:
-        """Short digest of the named sections, recorded in artifact metadata."""
-        blob = json.dumps({s: _to_dict(getattr(self, s)) for s in sections}, sort_keys=True)
+    def value(self, key: str) -> Any:
+        """The value of a dotted params key (`train.lr`) or a whole section (`rewind`), as plain data."""
+        obj: Any = self
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return _to_dict(obj)
+
+    def digest(self, keys: list[str]) -> str:
+        """Short digest of exactly the named keys (`STAGE_PARAMS` of a stage), recorded in artifact metadata."""
+        blob = json.dumps({k: self.value(k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -136,9 +144,10 @@ def _to_dict(obj: Any) -> Any:
 
 
 def chain(rounds: int, schedule: str = "iterative") -> dict[str, str]:
-    """{'r0': 'init', 'r1': 'r0', ...}: each round names the round it prunes (DVC has no arithmetic).
+    """{'r1': 'r0', 'r2': 'r1', ...}: each pruning round names the round it prunes (DVC has no arithmetic).
 
-    One-shot pruning prunes the dense round every time: {'r0': 'init', 'r1': 'r0', 'r2': 'r0', ...}.
+    The dense round r0 is not in it (it is the `dense` stage; `round@rK` is a foreach over the chain):
+    `prune.rounds: 0` gives {}. One-shot pruning prunes the dense round every time: {'r1': 'r0', 'r2': 'r0', ...}.
     Also the resolver of conf/config.yaml (hydra_plugins/lottery_chain), so it checks its inputs:
     no odd value reaches a round name.
     """
@@ -146,7 +155,38 @@ def chain(rounds: int, schedule: str = "iterative") -> dict[str, str]:
            "prune.rounds", rounds, f"an integer in [0, {MAX_ROUNDS}]")
     _check(schedule in SCHEDULES, "prune.schedule", schedule, "one of " + ", ".join(SCHEDULES))
     prev = (lambda k: "r0") if schedule == "oneshot" else (lambda k: f"r{k - 1}")
-    return {f"r{k}": ("init" if k == 0 else prev(k)) for k in range(rounds + 1)}
+    return {f"r{k}": prev(k) for k in range(1, rounds + 1)}
+
+
+def round_names(prune: PruneConfig) -> list[str]:
+    """Every round of the experiment, dense first: ['r0', 'r1', ...]."""
+    return ["r0", *prune.chain]
+
+
+def predecessor(prune: PruneConfig, name: str) -> str | None:
+    """The round `name` prunes ('init' for the dense round r0; None for a round not in the experiment)."""
+    return "init" if name == "r0" else prune.chain.get(name)
+
+
+# The params keys each stage reads, so the keys its outputs depend on: dvc.yaml lists exactly these
+# (tests/test_params_file.py) and each artifact's metadata records their digest (`Config.digest`), so a
+# key a stage does not read (train.log_every, prune.rounds for a round, any prune.* for the dense round)
+# changes neither its bytes nor its staleness. `check` reads the whole file but always runs; data.root is
+# covered by data/raw.json, the raw files' digests `check` records for `prepare`.
+_TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
+             "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
+             "train.warmup", "train.lr_drops", "train.lr_gamma", "data.augment"]
+STAGE_PARAMS: dict[str, list[str]] = {
+    "check": [],
+    "prepare": ["seed", "data.dataset", "data.validation", "data.train_subset"],
+    "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
+             "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
+             "train.lr_gamma", "train.device", "train.precision"],
+    "dense": [*_TRAINING, "rewind.to", "rewind.iteration"],
+    "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
+              "prune.global_kinds", "prune.criterion", "prune.schedule", "rewind"],
+    "summarize": ["prune.rounds", "summary"],
+}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -254,7 +294,7 @@ def validate(cfg: Config) -> Config:
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
-        _check(re.fullmatch(r"r\d+", key) is not None, "prune.chain", key, "round names are r<digits>")
+        _check(re.fullmatch(ROUND_NAME, key) is not None, "prune.chain", key, "round names are r<digits>")
         _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")
     _check(
         p.chain == chain(p.rounds, p.schedule),

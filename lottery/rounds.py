@@ -25,7 +25,7 @@ import torch
 
 from . import artifacts, masks, models, pruning
 from .artifacts import ArtifactError
-from .config import Config, ConfigError
+from .config import STAGE_PARAMS, Config, ConfigError, predecessor
 from .data import load_prepared
 from .runtime import resolve_device
 from .training import train
@@ -45,7 +45,9 @@ def round_index(name: str) -> int:
 
 
 def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
-    digest = cfg.section_digest("seed", "trials", "controls", "model", "data", "train", "prune", "rewind")
+    """Artifact metadata; its params digest covers exactly the keys of the stage that writes it (STAGE_PARAMS)."""
+    stage = "init" if round_name == "init" else "dense" if round_name == "r0" else "round"
+    digest = cfg.digest(STAGE_PARAMS[stage])
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
@@ -124,8 +126,8 @@ class Stack:
 def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     """Prune the previous round's ticket and rewind: the ticket and every control, ready to train."""
     k = round_index(name)
-    if cfg.prune.chain.get(name) != prev:
-        raise ConfigError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, "
+    if predecessor(cfg.prune, name) != prev:
+        raise ConfigError(f"round {name} prunes {predecessor(cfg.prune, name)!r} under prune.schedule={cfg.prune.schedule}, "
                           f"not {prev!r}")
     seeds = trial_seeds(cfg)
     reference = models.build(cfg.model.name, [0] * cfg.trials).state_dict()

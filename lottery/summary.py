@@ -20,6 +20,11 @@ COLUMNS = [
 VARIANTS = ["ticket", "reinit", "random"]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
+# The dense network "did not train" when its mean test accuracy is at most chance (100/C %) plus this many
+# points: a network stuck at one class scores 100/C on a balanced test set (a few points more on a skewed
+# one), while any dense network that learned scores far above (LeNet on Fashion-MNIST ~87%; the tests'
+# 200-iteration mnist1d MLP well above 15%). No ticket can be declared winning against such a baseline.
+CHANCE_MARGIN = 5.0
 
 
 def _read(path: Path) -> dict:
@@ -107,11 +112,19 @@ def by_round(df: pd.DataFrame) -> pd.DataFrame:
     return g[ROUND_KEYS].agg(["mean", "min", "max"])
 
 
-def headline(df: pd.DataFrame, tolerance: float) -> dict:
-    """The headline numbers: dense, per round (metrics/rounds.json) and per variant (`declared`: metrics/summary.json)."""
+def dense_trained(dense_accuracy: float, classes: int | None) -> bool:
+    """False when the dense network ended within CHANCE_MARGIN points of chance (100/classes %); True if unknown."""
+    return classes is None or dense_accuracy > 100 / classes + CHANCE_MARGIN
+
+
+def headline(df: pd.DataFrame, tolerance: float, classes: int | None = None) -> dict:
+    """The headline numbers: dense, per round (metrics/rounds.json) and per variant (`declared`:
+    metrics/summary.json). With `classes`, a dense network at chance accuracy
+    gets `dense_trained: false` and no winning-ticket verdict (every `smallest_winning_weights_remaining` null)."""
     mean = _means(df)
     dense_acc, dense_es = float(_dense(mean)["test_accuracy"]), float(_dense(mean)["early_stop_iteration"])
     out: dict = {"dense": {"test_accuracy": round(dense_acc, 4), "early_stop_iteration": round(dense_es, 1)}}
+    trained = dense_trained(dense_acc, classes)
     out["rounds"] = {}
     for _, r in mean[mean["variant"] == "ticket"].iterrows():
         entry = {k: round(float(r[k]), 4) for k in ROUND_KEYS}
@@ -124,13 +137,15 @@ def headline(df: pd.DataFrame, tolerance: float) -> dict:
         sub = mean[(mean["variant"] == v) & (mean["index"] > 0)]
         if sub.empty:
             continue
-        wins = _winners(mean, v, tolerance)
+        wins = _winners(mean, v, tolerance) if trained else []
         out[v] = {
             # the winning-ticket verdict: the sparsest round still within `tolerance` of dense
             "smallest_winning_weights_remaining": round(float(wins["weights_remaining"].iloc[0]), 4) if len(wins) else None,
             "max_early_stop_speedup": round(dense_es / float(sub["early_stop_iteration"].min()), 4),
             "max_accuracy_gain": round(float(sub["test_accuracy"].max()) - dense_acc, 4),
         }
+    out["dense_trained"] = trained
+    out["verdict"] = verdict(out, tolerance, classes)
     return out
 
 
@@ -144,11 +159,30 @@ def declared(summary: dict) -> dict:
     """The headline as DVC metrics: dense_acc, and per variant win (the sparsest % of weights remaining
     still within tolerance of dense), speedup (max early-stop speed-up) and gain (max accuracy gain, pp).
     The per-round numbers go to metrics/rounds.json, not here: one column each would flood `dvc exp show`."""
-    out: dict = {"dense_acc": summary["dense"]["test_accuracy"]}
+    out: dict = {"dense_acc": summary["dense"]["test_accuracy"], "dense_trained": summary["dense_trained"]}
     for v in VARIANTS:
         if v in summary:
             out[v] = {short: summary[v][long] for long, short in DECLARED.items()}
     return out
+
+
+def verdict(summary: dict, tolerance: float, classes: int | None) -> str:
+    """The winning-ticket verdict in words (summary.json, report.md, summarize's printed line)."""
+    acc = summary["dense"]["test_accuracy"]
+    if not summary["dense_trained"]:
+        return f"the dense network did not train (test accuracy {acc:.2f}% ≈ chance {100 / classes:.2f}%)"
+    if "ticket" not in summary:
+        return f"dense only (test accuracy {acc:.2f}%): no pruned round"
+    smallest = summary["ticket"]["smallest_winning_weights_remaining"]
+    if smallest is None:
+        return f"no pruned ticket stays within {tolerance} pp of dense ({acc:.2f}%)"
+    return f"the ticket stays within {tolerance} pp of dense ({acc:.2f}%) down to {smallest}% of the weights remaining"
+
+
+def output_classes(runs: Path) -> int:
+    """C, the number of classes: outputs of the last prunable layer in the dense round's mask ((trials, C, in))."""
+    mask, _ = load(Path(runs) / "r0" / "mask.pt", "mask")
+    return int(list(mask.values())[-1].shape[1])
 
 
 def winning_round(df: pd.DataFrame, tolerance: float) -> str:
@@ -278,7 +312,6 @@ def layer_table(runs: Path, round_names: list[str]) -> pd.DataFrame:
 
 def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path], path: Path) -> None:
     """metrics/report.md: the figures and the per-round table, readable offline."""
-    t = summary.get("ticket", {})
     lines = [
         "# Lottery ticket report",
         "",
@@ -286,8 +319,7 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
         f"(early stop at iteration {summary['dense']['early_stop_iteration']:.0f}), "
         f"{df['trial'].nunique()} trial(s).",
         "",
-        f"Winning-ticket verdict: the ticket stays within {tolerance} pp of dense down to "
-        f"**{t.get('smallest_winning_weights_remaining')}%** of the weights remaining.",
+        f"Winning-ticket verdict: **{summary['verdict']}**.",
         "",
         "| variant | smallest winning % remaining | max early-stop speed-up | max accuracy gain (pp) |",
         "|---|---|---|---|",
@@ -307,7 +339,7 @@ def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tu
     df, curves = collect(runs, round_names)
     atomic_write_bytes(out / "rounds.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "accuracy.csv", accuracy_table(df).to_csv(index=False).encode())
-    summary = headline(df, tolerance)
+    summary = headline(df, tolerance, output_classes(runs))
     atomic_write_bytes(out / "summary.json", (json.dumps(declared(summary), indent=2) + "\n").encode())
     atomic_write_bytes(out / "rounds.json", (json.dumps(summary["rounds"], indent=2) + "\n").encode())
     images = figures(df, curves, layer_table(runs, round_names), out)

@@ -13,15 +13,13 @@ def main() -> None:
     ap.add_argument("--out", default="metrics")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    names = list(cfg.prune.chain)
+    names = config.round_names(cfg.prune)
     result, df = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
     print(summary.format_table(df))
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
-    best = summary.winning_round(df, cfg.summary.tolerance)
+    best = summary.winning_round(df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
     ticket.export(Path(args.runs), best, Path(args.out) / "ticket.pt")
-    print(f"[summarize] dense {result['dense']['test_accuracy']:.2f}%; ticket within {cfg.summary.tolerance} pp "
-          f"down to {result.get('ticket', {}).get('smallest_winning_weights_remaining')}% remaining ({best}) "
-          f"-> {args.out}/ (report.md, ticket.pt)")
+    print(f"[summarize] {result['verdict']} (exported {best}) -> {args.out}/ (report.md, ticket.pt)")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,12 @@ def valid() -> dict:
 
 
 def test_chain():
-    assert config.chain(0) == {"r0": "init"}
-    assert config.chain(3) == {"r0": "init", "r1": "r0", "r2": "r1", "r3": "r2"}
-    assert len(config.chain(config.MAX_ROUNDS)) == config.MAX_ROUNDS + 1
+    # the dense round r0 is the `dense` stage, not a chain entry: prune.rounds=0 is the dense round alone
+    assert config.chain(0) == {}
+    assert config.chain(3) == {"r1": "r0", "r2": "r1", "r3": "r2"}
+    assert len(config.chain(config.MAX_ROUNDS)) == config.MAX_ROUNDS
+    assert config.round_names(config.from_dict({"prune": {"rounds": 0, "chain": {}}}).prune) == ["r0"]
+    assert config.round_names(config.from_dict({"prune": {"rounds": 2, "chain": config.chain(2)}}).prune) == ["r0", "r1", "r2"]
 
 
 @pytest.mark.parametrize("rounds, schedule, key", [
@@ -79,14 +82,22 @@ def test_empty_controls_and_single_control_are_valid():
         assert config.from_dict(raw).controls == controls
 
 
-def test_section_digest_depends_on_the_named_sections_only():
+def test_digest_depends_on_the_named_keys_only():
     a = config.from_dict(valid())
     raw = valid()
     raw["summary"]["tolerance"] = 1.0
     b = config.from_dict(raw)
-    assert a.section_digest("train", "prune") == b.section_digest("train", "prune")
-    assert a.section_digest("summary") != b.section_digest("summary")
-    assert len(a.section_digest("train")) == 16
+    assert a.digest(["train", "prune"]) == b.digest(["train", "prune"])
+    assert a.digest(["summary"]) != b.digest(["summary"])
+    assert len(a.digest(["train"])) == 16
+    # dotted keys: only the named key of a section counts
+    raw["train"]["log_every"], raw["train"]["lr"] = 7, 0.5
+    c = config.from_dict(raw)
+    assert a.digest(["train.batch_size"]) == b.digest(["train.batch_size"])
+    assert a.digest(["train.batch_size", "summary"]) != a.digest(["summary"])
+    assert c.digest(["train.batch_size"]) == a.digest(["train.batch_size"])
+    assert c.digest(["train.lr"]) != a.digest(["train.lr"])
+    assert a.value("rewind") == {"to": "init", "iteration": 0, "finetune_lr": 1e-4} and a.value("train.lr") == 1.2e-3
 
 
 def _set(path: str, value):
@@ -239,9 +250,10 @@ def test_load_validates_contents(tmp_path):
 
 
 @pytest.mark.parametrize("chain, name", [
-    ({"r0": "init", "r1$(touch pwned)": "r0"}, "r1$(touch pwned)"),
-    ({"r0": "init", "r1": "r0; touch pwned"}, "r0; touch pwned"),
-    ({"r0": "init", "r01": "r0"}, None),  # r<digits>, but not what rounds=1 generates
+    ({"r1$(touch pwned)": "r0"}, "r1$(touch pwned)"),
+    ({"r1": "r0; touch pwned"}, "r0; touch pwned"),
+    ({"r01": "r0"}, None),  # r<digits>, but not what rounds=1 generates
+    ({"r0": "init", "r1": "r0"}, None),  # the dense round is its own stage, not in the chain
 ])
 def test_round_names_must_be_r_digits(chain, name):
     # a round name reaches a shell through DVC's templated stage command: refused by its form

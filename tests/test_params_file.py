@@ -17,6 +17,7 @@ def test_committed_params_match_conf(tmp_path):
     assert composed == yaml.safe_load((ROOT / "params.yaml").read_text()), "run `make params` and commit params.yaml"
     cfg = config.load(ROOT / "params.yaml")
     assert cfg.prune.chain == config.chain(cfg.prune.rounds)
+    assert "r0" not in cfg.prune.chain  # the dense round is the `dense` stage
 
 
 def test_conf_defaults_are_the_dataclass_defaults(tmp_path):
@@ -41,11 +42,29 @@ def test_every_preset_composes_to_valid_params(tmp_path):
         assert cfg.model.name in config.MODELS, preset
 
 
-def test_round_stage_lists_every_train_key_that_changes_results():
-    # A train key missing from the stage's params would let `dvc exp run -S train.<key>=...`
-    # restore stale rounds from the cache. Only logging and resume cadence are left out.
+def test_each_stage_lists_exactly_the_params_of_its_table_entry():
+    # dvc.yaml's params of each stage are config.STAGE_PARAMS, the keys its artifacts' digests cover.
     import dataclasses
 
-    listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["round"]["do"]["params"])
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(config.STAGE_PARAMS)
+    for name, st in stages.items():
+        listed = st.get("do", st).get("params", [])
+        assert sorted(listed) == sorted(config.STAGE_PARAMS[name]), name
+    cfg = config.Config()
+    for keys in config.STAGE_PARAMS.values():
+        assert len(set(keys)) == len(keys)
+        for key in keys:
+            cfg.value(key)  # every key names a params key or section
+    # A train key missing from a training stage's params would let `dvc exp run -S train.<key>=...`
+    # restore stale rounds from the cache. Only logging and resume cadence are left out.
     keys = {f"train.{f.name}" for f in dataclasses.fields(config.TrainConfig)}
-    assert keys - listed == {"train.log_every", "train.checkpoint_seconds"}
+    for name in ("dense", "round"):
+        assert keys - set(config.STAGE_PARAMS[name]) == {"train.log_every", "train.checkpoint_seconds"}, name
+    # What determines no stage's outputs is in no list: the round list only for summarize, data.root
+    # through data/raw.json (check), and nothing of pruning or controls for the dense round.
+    for name, keys in config.STAGE_PARAMS.items():
+        assert not {"train.log_every", "train.checkpoint_seconds", "data.root", "data"} & set(keys), name
+        if name != "summarize":
+            assert not {"prune", "prune.rounds", "prune.chain"} & set(keys), name
+    assert [k for k in config.STAGE_PARAMS["dense"] if k.startswith("prune") or k == "controls"] == []

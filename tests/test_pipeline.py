@@ -33,17 +33,44 @@ def test_repro_writes_every_round_and_a_readable_summary(repo):
 
 
 def test_changing_rate_reruns_rounds_but_not_prepare_or_init(repo):
+    dense = {f: (repo.path / "runs" / "r0" / f).read_bytes() for f in ("mask.pt", "model.pt", "metrics.json")}
     out = repo.dvc("exp", "run", "-S", "prune.rate=0.3").stdout
-    assert ran(out) == ["round@r0", "round@r1", "round@r2", "summarize"]
+    assert ran(out) == ["round@r1", "round@r2", "summarize"]  # not `dense`: r0 prunes nothing
     assert repo.params()["prune"]["rate"] == 0.3
     per_round = json.loads((repo.path / "metrics" / "rounds.json").read_text())
     assert per_round["r1"]["weights_remaining"] == round(100 * (2800 + 7000 + 850) / 15000, 4)
+    assert {f: (repo.path / "runs" / "r0" / f).read_bytes() for f in dense} == dense  # the dense round's bytes
+
+
+def test_controls_and_logging_do_not_rerun_the_dense_round(repo):
+    dense = {f: (repo.path / "runs" / "r0" / f).read_bytes() for f in ("mask.pt", "model.pt", "metrics.json")}
+    out = repo.dvc("exp", "run", "-S", "controls=[reinit]", "-S", "train.log_every=7").stdout
+    assert ran(out) == ["round@r1", "round@r2", "summarize"]
+    assert {f: (repo.path / "runs" / "r0" / f).read_bytes() for f in dense} == dense
+
+
+def test_a_round_rerun_after_adding_rounds_keeps_its_bytes(repo):
+    # prune.rounds is not an input of round r2: recomputing it after `-S prune.rounds=3` changes nothing
+    repo.dvc("exp", "run", "-S", "prune.rounds=3")
+    files = ("mask.pt", "model.pt", "controls.pt", "metrics.json")
+    before = {f: (repo.path / "runs" / "r2" / f).read_bytes() for f in files}
+    assert ran(repo.dvc("repro", "-f", "-s", "round@r2").stdout) == ["round@r2"]
+    assert {f: (repo.path / "runs" / "r2" / f).read_bytes() for f in files} == before
+    status = repo.dvc("status").stdout
+    assert [line for line in status.splitlines() if line and not line.startswith("\t") and "check" not in line] == [], status
+
+
+def test_zero_rounds_is_the_dense_round_alone(repo):
+    out = repo.dvc("exp", "run", "-S", "prune.rounds=0").stdout
+    assert ran(out) == ["summarize"]
+    assert repo.params()["prune"]["chain"] == {}
+    assert list(json.loads((repo.path / "metrics" / "rounds.json").read_text())) == ["r0"]
 
 
 def test_more_rounds_run_only_the_new_rounds(repo):
     out = repo.dvc("exp", "run", "-S", "prune.rounds=3").stdout
     assert ran(out) == ["round@r3", "summarize"]
-    assert list(repo.params()["prune"]["chain"]) == ["r0", "r1", "r2", "r3"]
+    assert list(repo.params()["prune"]["chain"]) == ["r1", "r2", "r3"]
     assert list(json.loads((repo.path / "metrics" / "rounds.json").read_text())) == ["r0", "r1", "r2", "r3"]
 
 
@@ -85,6 +112,18 @@ def test_metrics_diff_between_two_experiments(repo):
     assert values and all(0 < v < 1 for v in values), other
     bad = repo.run(sys.executable, "-m", "lottery.compare", "rate-a", "no-such-exp", "--round", "r1", check=False)
     assert bad.returncode != 0 and "no-such-exp" in bad.stderr
+
+
+@pytest.mark.parametrize("round_name, says", [
+    ("r99", "round r99 is not in 'HEAD'"),
+    ("r1/../../x", "'r1/../../x' is not a round name of 'HEAD'"),
+    ("dense", "'dense' is not a round name"),
+])
+def test_compare_names_a_missing_or_malformed_round_in_one_line(repo, round_name, says):
+    p = repo.run(sys.executable, "-m", "lottery.compare", "HEAD", "HEAD", "--round", round_name, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and says in p.stderr, p.stderr  # one line, no traceback
+    assert p.stdout == ""
 
 
 def test_forced_rerun_of_one_round_gives_identical_bytes(repo):

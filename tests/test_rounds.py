@@ -73,6 +73,26 @@ def test_init_writes_theta0_and_ones_mask(cfg, runs):
         assert mask[k].dtype == torch.bool and mask[k].shape == ref[k].shape and mask[k].all()
 
 
+def test_artifact_metadata_digests_exactly_its_stages_params(tmp_path):
+    # init's bytes depend on neither pruning, controls, the round count nor logging (STAGE_PARAMS["init"])
+    a = make_cfg()
+    b = make_cfg(controls=("reinit",))
+    b.prune.rate, b.prune.rounds, b.prune.chain, b.train.log_every = 0.5, 2, config.chain(2), 7
+    rounds.init(a, tmp_path / "a")
+    rounds.init(b, tmp_path / "b")
+    for f in ("model.pt", "mask.pt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    _, meta = artifacts.load(tmp_path / "a" / "model.pt", "weights")
+    assert meta["params"] == a.digest(config.STAGE_PARAMS["init"])
+    # what the dense round and a pruning round record
+    assert rounds._meta(a, "mask", "r0")["params"] == rounds._meta(b, "mask", "r0")["params"] == a.digest(
+        config.STAGE_PARAMS["dense"])
+    assert rounds._meta(a, "mask", "r2")["params"] == a.digest(config.STAGE_PARAMS["round"])
+    assert rounds._meta(a, "mask", "r2")["params"] != rounds._meta(b, "mask", "r2")["params"]  # rate and controls
+    b.controls, b.prune.rate = a.controls, a.prune.rate  # prune.rounds and train.log_every alone: the same digest
+    assert rounds._meta(a, "mask", "r2")["params"] == rounds._meta(b, "mask", "r2")["params"]
+
+
 def test_round0_is_the_dense_ticket_at_theta0(cfg, runs):
     stack = rounds.build_stack(cfg, "r0", "init", runs)
     assert stack.variants == ["ticket"]

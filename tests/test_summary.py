@@ -1,6 +1,7 @@
 """Summary numbers on a hand-made table; figures, report and the exported ticket from a real run."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -51,6 +52,29 @@ def test_headline_numbers_on_a_hand_made_table():
     assert tight["random"]["smallest_winning_weights_remaining"] is None
 
 
+def test_a_dense_network_at_chance_declares_no_winning_ticket():
+    # train.lr=1e6: every network ends near chance (10 classes: 10%); the pruned rounds "match" the dense one,
+    # and the verdict must say the dense network did not train instead of declaring winning tickets
+    table = _table()
+    table["test_accuracy"] = 10.0 + table["index"] * 0.1 + table["trial"] * 0.2
+    h = summary.headline(table, tolerance=0.5, classes=10)
+    assert h["dense"]["test_accuracy"] == 10.1 and h["dense_trained"] is False
+    assert [h[v]["smallest_winning_weights_remaining"] for v in summary.VARIANTS] == [None, None, None]
+    assert h["verdict"] == "the dense network did not train (test accuracy 10.10% ≈ chance 10.00%)"
+    # 15% is still chance + 5 points; above it (or with 100 classes, above 6%) the network trained
+    table["test_accuracy"] += 4.9
+    assert summary.headline(table, 0.5, classes=10)["dense_trained"] is False
+    assert summary.headline(table, 0.5, classes=100)["dense_trained"] is True
+    table["test_accuracy"] += 0.1
+    h = summary.headline(table, 0.5, classes=10)
+    assert h["dense_trained"] is True and h["ticket"]["smallest_winning_weights_remaining"] == 51.2
+    assert h["verdict"] == "the ticket stays within 0.5 pp of dense (15.10%) down to 51.2% of the weights remaining"
+    # the hand-made table of a trained network: the verdict of test_headline_numbers_on_a_hand_made_table
+    h = summary.headline(_table(), tolerance=0.5, classes=10)
+    assert h["dense_trained"] is True and h["ticket"]["smallest_winning_weights_remaining"] == 64.0
+    assert "down to 64.0% of the weights remaining" in h["verdict"]
+
+
 def test_winning_round_is_the_dense_round_when_no_pruned_round_wins():
     table = _table()
     table.loc[table["index"] > 0, "test_accuracy"] -= 5
@@ -89,6 +113,9 @@ def test_figures_report_and_ticket_of_a_real_run(template):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     report = (m / "report.md").read_text()
     assert "![accuracy](accuracy.png)" in report and "Winning-ticket verdict" in report
+    result = json.loads((m / "summary.json").read_text())  # the tiny run's dense network trains: far above chance
+    assert result["dense_trained"] is True and result["dense"]["test_accuracy"] > 100 / 10 + summary.CHANCE_MARGIN
+    assert summary.output_classes(template.path / "runs") == 10 and f"**{result['verdict']}**" in report
     rows = pd.read_csv(m / "rounds.csv")
     assert len(rows) == 2 + 2 * 3 * 2  # r0: 2 trials; r1, r2: 3 variants x 2 trials
     assert sorted(rows[rows["variant"] == "ticket"]["seed"].unique()) == [0, 1]

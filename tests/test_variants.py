@@ -57,8 +57,8 @@ def test_criteria():
 
 
 def test_oneshot_chain_and_rate():
-    assert config.chain(3, "oneshot") == {"r0": "init", "r1": "r0", "r2": "r0", "r3": "r0"}
-    assert config.chain(2) == {"r0": "init", "r1": "r0", "r2": "r1"}
+    assert config.chain(3, "oneshot") == {"r1": "r0", "r2": "r0", "r3": "r0"}
+    assert config.chain(2) == {"r1": "r0", "r2": "r1"}
     assert 1 - pruning.plan(PruneConfig(schedule="oneshot"), {"w": "fc"}, 3).rates["w"] == pytest.approx(0.512)
 
 
