@@ -29,7 +29,7 @@ from pathlib import Path
 from .config import ConfigError, LotteryError, load
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
-ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS)$")  # sent to tasks
+ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS|OMP_NUM_THREADS)$")  # sent to tasks
 
 
 class ClusterError(LotteryError, RuntimeError):
@@ -144,7 +144,8 @@ def run_experiment(spec: dict, progress) -> dict:
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:8]
-    env = {**os.environ, **spec["env"]}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Ray's, not the driver's: torch's own
+    env.update(spec["env"])
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` of the stages
     exp, report = spec["name"], lambda text: progress.update.remote(spec["name"], text)
     report(f"running on node {node}: cloning")

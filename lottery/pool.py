@@ -76,6 +76,7 @@ def fetch(rev: str, dst: Path, repo: str = ".") -> dict:
     fs = DVCFileSystem(repo, rev=sha)
     params = yaml.safe_load(fs.read_text("params.yaml"))
     for name in round_names(params):
+        (dst / "runs" / name).mkdir(parents=True, exist_ok=True)
         for f in ("metrics.json", "mask.pt", "live"):
             fs.get(f"runs/{name}/{f}", str(dst / "runs" / name / f), recursive=f == "live")
     return params

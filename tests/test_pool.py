@@ -12,8 +12,11 @@ from lottery import pool, summary
 
 
 def _csv(repo, rev: str) -> pd.DataFrame:
-    text = repo.run("git", "show", f"{rev}:metrics/rounds.csv").stdout if rev else (repo.path / "metrics/rounds.csv").read_text()
-    return pd.read_csv(io.StringIO(text))
+    """metrics/rounds.csv (a DVC output) of a revision."""
+    from dvc.api import DVCFileSystem
+
+    sha = repo.run("git", "rev-parse", rev).stdout.strip()
+    return pd.read_csv(io.StringIO(DVCFileSystem(str(repo.path), rev=sha).read_text("metrics/rounds.csv")))
 
 
 def test_pooling_two_seeds(repo, tmp_path):
@@ -39,7 +42,7 @@ def test_pooling_two_seeds(repo, tmp_path):
 
     # Against one experiment with trials=2, seed=0 (the committed workspace): trial 0 is the same network,
     # row for row (a stack of 1 or 2 trains trial 0 identically), every variant.
-    single = _csv(repo, "")
+    single = _csv(repo, "HEAD")
     assert pooled[pooled.trial == 0].reset_index(drop=True).equals(single[single.trial == 0].reset_index(drop=True))
     # Trial 1 of the pooled study (seed 1) is not trial 1 of seed=0, trials=2: prepare draws the validation
     # split from the base seed, and the controls' seeds derive from (base seed, trial index, round).
