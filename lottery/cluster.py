@@ -1,0 +1,317 @@
+"""Run a sweep of DVC experiments on a Ray cluster, one experiment per Ray task.
+
+    python -m lottery.cluster -S prune.rate=0.1,0.2,0.3 -S seed=0,100 [--address ray://head:10001]
+
+Every combination of the `-S` overrides (Hydra's sweep syntax, expanded by DVC's own code) is
+validated on the driver, then runs as one task on the cluster, in its own clone of the driver's
+commit (`conf/` and `params.yaml` edits of the driver's workspace are carried along, as
+`dvc exp run` would use them). A task restores from the shared DVC remote whatever was already
+computed (`dvc repro --pull`: the run-cache), pushes each stage's outputs and run-cache entry as
+soon as the stage is done (a retried task trains only what is missing), then records the
+experiment (`dvc exp run`, every stage restored) and pushes its ref to the git remote. The driver
+prints one line per change of an experiment's state and finally pulls every finished experiment,
+so `dvc exp show` and `dvc metrics diff` work as after local runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import ConfigError, LotteryError, load
+
+PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
+ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS|OMP_NUM_THREADS)$")  # sent to tasks
+
+
+class ClusterError(LotteryError, RuntimeError):
+    """The driver cannot start: no Ray, no cluster, a missing remote, uncommitted code."""
+
+
+def _sh(*cmd: str, cwd: str | Path = ".", env: dict | None = None, timeout: float | None = None) -> str:
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        tail = (p.stderr.strip() or p.stdout.strip()).splitlines()
+        raise ClusterError(f"`{' '.join(cmd[:4])}` failed: {tail[-1] if tail else f'exit {p.returncode}'}")
+    return p.stdout
+
+
+def _dvc(*args: str, cwd: str | Path = ".", env: dict | None = None) -> str:
+    return _sh(sys.executable, "-m", "dvc", *args, cwd=cwd, env=env)
+
+
+def sweep(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the `-S` overrides, as `dvc exp run --queue` expands them."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import get_hydra_sweeps
+
+    if not overrides:
+        return [[]]
+    return [combo.get("params.yaml", []) for combo in get_hydra_sweeps(to_path_overrides(overrides))]
+
+
+def validate(combos: list[list[str]], root: Path = Path(".")) -> None:
+    """Compose and validate every combination before any task is submitted (a ConfigError names the key)."""
+    from .params import compose
+
+    with tempfile.TemporaryDirectory(prefix="lottery-cluster-") as tmp:
+        for combo in combos:
+            try:
+                path = compose(combo, root, str(Path(tmp) / "params.yaml"))
+            except Exception as e:  # Hydra's composition errors: an unknown key, a bad override
+                raise ConfigError(f"-S {' '.join(combo)}: {str(e).splitlines()[0]}") from None
+            try:
+                load(path)
+            except ConfigError as e:
+                raise ConfigError(f"-S {' '.join(combo)}: {e}") from None
+
+
+def dirty_params(root: Path = Path(".")) -> dict[str, str]:
+    """Uncommitted params edits to carry ({path: text}); refuses uncommitted code, naming the files."""
+    lines = _sh("git", "status", "--porcelain", "--untracked-files=no", cwd=root).splitlines()
+    changed = [line[3:] for line in lines if line[3:] != "dvc.lock"]  # DVC's record: tasks use the committed one
+    code = [f for f in changed if not f.startswith(PARAMS_PATHS)]
+    if code:
+        raise ClusterError(f"uncommitted code changes in {', '.join(code)}: commit them so every worker runs the same code")
+    return {f: (root / f).read_text() for f in changed if (root / f).is_file()}
+
+
+def remotes(dvc_remote: str | None, git_remote: str, root: Path = Path(".")) -> tuple[str, str]:
+    """(DVC remote URL, git remote URL), both reachable from the driver, else a ClusterError."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        name = dvc_remote or repo.config["core"].get("remote")
+        if not name or name not in repo.config["remote"]:
+            raise ClusterError(f"no DVC remote {name or '(default)'}: `dvc remote add -d <name> <url>` or --dvc-remote")
+        url = repo.config["remote"][name]["url"]
+        try:
+            remote = repo.cloud.get_remote(name)
+            remote.fs.makedirs(remote.path, exist_ok=True)
+            assert remote.fs.exists(remote.path)
+        except Exception as e:
+            raise ClusterError(f"DVC remote {name} ({url}) is unreachable: {e}") from None
+    try:
+        git_url = _sh("git", "remote", "get-url", git_remote, cwd=root).strip()
+        _sh("git", "ls-remote", "-q", git_remote, cwd=root, timeout=60)
+    except (ClusterError, subprocess.TimeoutExpired) as e:
+        raise ClusterError(f"git remote {git_remote} is missing or unreachable ({e}); `git remote add {git_remote} <url>` "
+                           "or --git-remote") from None
+    if "://" not in url and not Path(url).is_absolute():
+        url = str((root / ".dvc" / url).resolve())
+    return url, git_url
+
+
+class Progress:
+    """Latest state line of every experiment (a Ray actor: tasks report, the driver reads)."""
+
+    def __init__(self):
+        self.state: dict[str, str] = {}
+
+    def update(self, exp: str, text: str) -> None:
+        self.state[exp] = text
+
+    def read(self) -> dict[str, str]:
+        return dict(self.state)
+
+
+IT_LINE = re.compile(r"^\[(\w+)\] it\s+(\d+)/(\d+)")
+
+
+def _stream(cmd: list[str], cwd: Path, env: dict, on_line) -> list[str]:
+    """Run `cmd`, passing each output line to `on_line`; returns the lines (ClusterError on failure)."""
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line.rstrip("\n"))
+        on_line(lines[-1])
+    if p.wait() != 0:
+        errors = [x for x in lines if x.startswith(("ERROR", "error:"))] or lines[-1:] or [f"exit {p.returncode}"]
+        raise ClusterError(errors[-1])
+    return lines
+
+
+def run_experiment(spec: dict, progress) -> dict:
+    """One experiment in its own clone: restore, run stage by stage pushing each, record, push the ref."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Ray's, not the driver's: torch's own
+    env.update(spec["env"])
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` of the stages
+    exp, report = spec["name"], lambda text: progress.update.remote(spec["name"], text)
+    report(f"running on node {node}: cloning")
+    work = Path(tempfile.mkdtemp(prefix=f"lottery-{exp}-"))
+    try:
+        _sh("git", "clone", "-q", "--no-checkout", spec["git_url"], str(work), env=env)
+        _sh("git", "fetch", "-q", "origin", spec["ref"], cwd=work, env=env)
+        _sh("git", "checkout", "-q", spec["sha"], cwd=work, env=env)
+        for path, text in spec["params_files"].items():
+            (work / path).write_text(text)
+        _dvc("remote", "add", "--local", "-f", "-d", "cluster", spec["dvc_url"], cwd=work, env=env)
+        _sh(sys.executable, "-m", "lottery.params", *spec["overrides"], cwd=work, env=env)
+        stages = [s for s in _dvc("stage", "list", "--name-only", cwd=work, env=env).split() if s != "check"]
+        ran: list[str] = []
+        last = [0.0]
+
+        def on_line(line: str) -> None:
+            m = IT_LINE.match(line)
+            if m and time.monotonic() - last[0] > 1:
+                last[0] = time.monotonic()
+                report(f"running on node {node}: {m[1]} iteration {m[2]}/{m[3]}")
+
+        for stage in stages:
+            report(f"running on node {node}: {stage}")
+            out = _stream([sys.executable, "-m", "dvc", "repro", "--pull", stage], work, env, on_line)
+            ran += [x.split("'")[1] for x in out if x.startswith("Running stage '") and "'check'" not in x]
+            _dvc("push", "--run-cache", stage, cwd=work, env=env)
+        sets = [a for o in spec["overrides"] for a in ("-S", o)]
+        _dvc("exp", "run", "-n", exp, *sets, cwd=work, env=env)
+        _dvc("exp", "push", "-f", "origin", exp, cwd=work, env=env)
+        summary = json.loads((work / "metrics" / "summary.json").read_text())
+        return {"name": exp, "node": node, "trained": ran, "summary": summary}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _headline(summary: dict) -> str:
+    win = summary.get("ticket", {}).get("win")
+    return f"dense {summary['dense_acc']:.2f}%, ticket wins down to {win}% remaining"
+
+
+def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, str]) -> tuple[dict, object]:
+    """Submit one task per combination; returns {object ref: experiment name} and the progress actor."""
+    import ray
+
+    sha = _sh("git", "rev-parse", "HEAD").strip()
+    ref = f"refs/lottery-cluster/{sha}"
+    _sh("git", "push", "-q", "-f", args.git_remote, f"{sha}:{ref}")  # the commit every worker clones
+    _dvc("push", "--run-cache", "-r", args.dvc_remote_name)  # what the driver already computed
+    progress = ray.remote(num_cpus=0)(Progress).remote()
+    task = ray.remote(run_experiment).options(num_cpus=args.cpus_per_experiment, num_gpus=args.gpus_per_experiment,
+                                              max_retries=args.max_retries)
+    env = {k: v for k, v in os.environ.items() if ENV_KEYS.match(k)}
+    prefix = args.name or f"cl-{sha[:7]}"
+    refs = {}
+    for i, combo in enumerate(combos):
+        overrides = combo + (["train.device=auto"] if args.gpus_per_experiment else [])
+        name = f"{prefix}-{i + 1}"
+        spec = {"name": name, "overrides": overrides, "sha": sha, "ref": ref, "git_url": urls[1], "dvc_url": urls[0],
+                "params_files": params_files, "env": env}
+        refs[task.remote(spec, progress)] = name
+        print(f"[{name}] queued: {' '.join(overrides) or '(defaults)'}", flush=True)
+    return refs, progress
+
+
+def watch(refs: dict, progress) -> tuple[list[str], list[str]]:
+    """Print state changes until every task ends; returns (finished, failed) experiment names."""
+    import ray
+
+    pending, done, failed, shown = list(refs), [], [], {}
+    while pending:
+        ready, pending = ray.wait(pending, timeout=1.0)
+        for r in ready:
+            name = refs[r]
+            try:
+                result = ray.get(r)
+                print(f"[{name}] done on node {result['node']}: {_headline(result['summary'])}; "
+                      f"trained {len(result['trained'])} stage(s): {' '.join(result['trained']) or 'none (all restored)'}",
+                      flush=True)
+                done.append(name)
+            except Exception as e:  # the task's own error (RayTaskError wraps it), or the task was lost
+                cause = getattr(e, "cause", None) or e
+                print(f"[{name}] failed: {str(cause).strip().splitlines()[-1]}", flush=True)
+                failed.append(name)
+        for name, text in ray.get(progress.read.remote()).items():
+            if shown.get(name) != text and name not in done + failed:
+                print(f"[{name}] {text}", flush=True)
+                shown[name] = text
+    return done, failed
+
+
+def pull(names: list[str], args) -> None:
+    for name in names:
+        _dvc("exp", "pull", "-f", "-r", args.dvc_remote_name, args.git_remote, name)
+    if names:
+        print(f"[cluster] pulled {len(names)} experiment(s): dvc exp show", flush=True)
+
+
+def connect(address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("Ray is not installed: `pip install ray==2.60.0` (then `ray start --head` for a cluster)") from None
+    hint = "start one with `ray start --head` on the head node and `ray start --address=<head>:6379` on each worker"
+    host, _, port = (address or "").rpartition("://")[2].rpartition(":")
+    if address and address != "auto":
+        try:  # Ray itself waits minutes for an address nobody listens on
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError) as e:
+            raise ClusterError(f"no Ray cluster at {address} ({e}): {hint}") from None
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as e:
+        raise ClusterError(f"no Ray cluster at {address} ({str(e).splitlines()[0]}): {hint}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="key=value")
+    ap.add_argument("--address", help="Ray cluster (default: a local Ray instance started for the run)")
+    ap.add_argument("--name", help="experiment name prefix (default: cl-<commit>); experiment i is <prefix>-<i>")
+    ap.add_argument("--gpus-per-experiment", type=float, default=0.0)
+    ap.add_argument("--cpus-per-experiment", type=float, default=1.0)
+    ap.add_argument("--max-retries", type=int, default=3)
+    ap.add_argument("--dvc-remote", help="DVC remote name (default: the repo's default remote)")
+    ap.add_argument("--git-remote", default="origin")
+    args = ap.parse_args(argv)
+    combos = sweep(args.overrides)
+    validate(combos)
+    params_files = dirty_params()
+    urls = remotes(args.dvc_remote, args.git_remote)
+    args.dvc_remote_name = args.dvc_remote or _dvc("remote", "default").strip()
+    connect(args.address)
+    import ray
+
+    refs, progress = submit(args, combos, params_files, urls)
+    try:
+        done, failed = watch(refs, progress)
+    except KeyboardInterrupt:
+        print("[cluster] interrupted: cancelling what has not finished, pulling what has", flush=True)
+        for r in refs:
+            ray.cancel(r)
+        done = [refs[r] for r in refs if ray.wait([r], timeout=0)[0] and _ok(r)]
+        pull(done, args)
+        sys.exit(130)
+    pull(done, args)
+    if failed:
+        raise ClusterError(f"{len(failed)} of {len(refs)} experiment(s) failed: {', '.join(failed)}")
+
+
+def _ok(ref) -> bool:
+    import ray
+
+    try:
+        ray.get(ref, timeout=0)
+        return True
+    except Exception:
+        return False
+
+
+def cli() -> None:
+    """The `lottery-cluster` console script."""
+    from .cli import run
+
+    run(main)
+
+
+if __name__ == "__main__":
+    cli()
