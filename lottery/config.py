@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-DATASETS = ("cifar10", "fashion-mnist", "mnist", "mnist1d")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "kmnist", "mnist", "mnist1d", "svhn")
 # model -> the datasets it takes (lottery.models.INPUTS is this table; kept here, free of torch)
 _CONV = ("conv-2", "conv-4", "conv-6")
 MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -39,6 +39,12 @@ CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # package.module:factory
+
+
+def is_import_path(name: str) -> bool:
+    """Whether a model.name is a user factory 'package.module:callable' (not a registry name); syntax only."""
+    return ":" in name
 
 
 class LotteryError(Exception):
@@ -66,7 +72,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _help("one of " + ", ".join(MODELS), "lenet-300-100")
+    name: str = _help("one of " + ", ".join(MODELS) + ", or your own network: 'package.module:factory', a callable "
+                      "returning one torch.nn.Module (taking num_classes and input_shape if it wants)", "lenet-300-100")
 
 
 @dataclass
@@ -219,8 +226,13 @@ def validate(cfg: Config) -> Config:
     _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS))
     _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
     _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
-    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, "one of " + ", ".join(MODELS))
-    if d.dataset in DATASETS:
+    if is_import_path(cfg.model.name):  # imported by the stages that build it (config stays torch-free)
+        _check(IMPORT_PATH.fullmatch(cfg.model.name) is not None, "model.name", cfg.model.name,
+               "an import path 'package.module:factory'")
+    else:
+        _check(cfg.model.name in MODELS, "model.name", cfg.model.name,
+               "one of " + ", ".join(MODELS) + ", or 'package.module:factory'")
+    if d.dataset in DATASETS and cfg.model.name in MODELS:
         takes = MODEL_DATASETS[cfg.model.name]
         _check(d.dataset in takes, "model.name", cfg.model.name,
                f"it does not take data.dataset {d.dataset!r}; {cfg.model.name} takes: {', '.join(takes)}")

@@ -20,6 +20,7 @@ from .config import LotteryError
 IDX_DATASETS = {
     "fashion-mnist": ("fashion-mnist", "/usr/share/datasets/fashion-mnist", "FashionMNIST"),
     "mnist": ("mnist", "/usr/share/datasets/mnist", "MNIST"),
+    "kmnist": ("kmnist", "/usr/share/datasets/kmnist", "KMNIST"),
 }
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -29,6 +30,8 @@ IDX_FILES = {
 }
 CIFAR_DIR = "cifar-10-batches-py"  # CIFAR-10's python format: data_batch_1..5, test_batch (pickles)
 CIFAR_FILES = {name: name for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+CIFAR100_DIR = "cifar-100-python"  # CIFAR-100's python format: train, test (pickles, fine_labels)
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}  # SVHN's cropped digits, MATLAB files
 
 
 class DataError(LotteryError, RuntimeError):
@@ -39,6 +42,10 @@ def _sources(dataset: str, root: Path) -> tuple[list[Path], dict[str, str], tupl
     """Candidate folders in order of precedence, role -> file name, accepted suffixes, torchvision class."""
     if dataset == "cifar10":
         return [root / "cifar10" / CIFAR_DIR, root / CIFAR_DIR], CIFAR_FILES, ("",), "CIFAR10"
+    if dataset == "cifar100":
+        return [root / "cifar100" / CIFAR100_DIR, root / CIFAR100_DIR], {"train": "train", "test": "test"}, ("",), "CIFAR100"
+    if dataset == "svhn":
+        return [root / "svhn", root], SVHN_FILES, ("",), "SVHN"
     sub, system, tv_class = IDX_DATASETS[dataset]
     return [root / sub, Path(system), root / tv_class / "raw"], IDX_FILES, ("", ".gz"), tv_class
 
@@ -66,7 +73,8 @@ def locate(dataset: str, root: str | Path) -> dict[str, Path]:
     print(f"[check] {dataset}: no local copy in {where}; downloading with torchvision", flush=True)
     try:
         for train in (True, False):
-            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
+            split = {"split": "train" if train else "test"} if tv_class == "SVHN" else {"train": train}
+            getattr(torchvision.datasets, tv_class)(str(root), download=True, **split)
     except Exception as e:  # network errors come in many types
         raise DataError(f"{dataset}: not found locally ({where}) and download failed: {e}") from None
     found = _complete(folders, files, suffixes)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, masks, models, pruning
+from . import artifacts, generic, masks, models, pruning
 from .artifacts import ArtifactError
-from .config import Config, ConfigError
-from .data import load_prepared
+from .config import Config, ConfigError, is_import_path
+from .data import CLASSES, SHAPES, load_prepared
 from .runtime import resolve_device
 from .training import train
 
@@ -46,6 +46,25 @@ def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
+def build_model(cfg: Config, seeds: list[int]) -> torch.nn.Module:
+    """The stack of `cfg.model.name` (a registry name or 'package.module:factory') for data.dataset's input and classes."""
+    return models.build(cfg.model.name, seeds, CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])
+
+
+def io_meta(cfg: Config) -> dict:
+    """What rebuilding your own network needs besides its name (ticket export): the dataset's classes and input
+    shape ({} for the registry's networks, whose sizes are fixed)."""
+    if not is_import_path(cfg.model.name):
+        return {}
+    return {"num_classes": CLASSES[cfg.data.dataset], "input_shape": list(SHAPES[cfg.data.dataset])}
+
+
+def dry_check(cfg: Config, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Your own network (model.name 'package.module:factory'): a dry forward on one batch before any training."""
+    if is_import_path(cfg.model.name):
+        generic.check(model, data["x_train"][: cfg.train.batch_size], data["y_train"], CLASSES[cfg.data.dataset])
+
+
 def rewind_point(cfg: Config) -> int:
     """k of θk, the iteration rounds rewind to (0 = θ0)."""
     return cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
@@ -58,10 +77,12 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     trained for `rewind.iteration` iterations (data from `data_path`).
     """
     seeds = trial_seeds(cfg)
-    model = models.build(cfg.model.name, seeds)
+    model = build_model(cfg, seeds)
     names = models.prunable(model)
     mask = masks.ones(model, names)
     k = rewind_point(cfg)
+    if is_import_path(cfg.model.name):  # bad input stops here, before any round trains
+        dry_check(cfg, model, load_prepared(data_path))
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device)
@@ -70,7 +91,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
         train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
               log=log, augment=cfg.data.augment)
-    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k))
+    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k, **io_meta(cfg)))
     artifacts.save(out / "mask.pt", mask, _meta(cfg, "mask", "init"))
 
 
@@ -125,8 +146,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
         raise ConfigError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, "
                           f"not {prev!r}")
     seeds = trial_seeds(cfg)
-    reference = models.build(cfg.model.name, [0] * cfg.trials).state_dict()
-    one = models.build(cfg.model.name, [0])
+    reference = build_model(cfg, [0] * cfg.trials).state_dict()
+    one = build_model(cfg, [0])
     names, kinds = models.prunable(one), models.kinds(one)
 
     theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
@@ -160,7 +181,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
-    stack.model = models.build(cfg.model.name, stack.init_seeds)
+    stack.model = build_model(cfg, stack.init_seeds)
     state = stack.model.state_dict()
     stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
     for v in variants:
@@ -184,6 +205,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device)
     stack.model.to(device)
+    dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")

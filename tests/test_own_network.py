@@ -1,0 +1,120 @@
+"""Your own network through the pipeline's functions: model.name 'package.module:factory' on prepared data."""
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data import idx_bytes, make_images, write_gz
+
+from lottery import artifacts, config, data, generic, masks, models, rounds, ticket
+from lottery.config import ConfigError
+
+EXAMPLE = "examples.my_network:build"
+
+
+def fashion(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    """A tiny Fashion-MNIST in its real IDX (gzip) format under root/fashion-mnist/."""
+    folder = root / "fashion-mnist"
+    write_gz(folder / "train-images-idx3-ubyte.gz", idx_bytes(make_images(n_train, 0, seed=1)))
+    write_gz(folder / "train-labels-idx1-ubyte.gz", idx_bytes(np.arange(n_train) % 10))
+    write_gz(folder / "t10k-images-idx3-ubyte.gz", idx_bytes(make_images(n_test, 100, seed=2)))
+    write_gz(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.arange(n_test) % 10))
+    return root
+
+
+def make_cfg(root: Path, name: str = EXAMPLE, **train) -> config.Config:
+    return config.from_dict({
+        "trials": 2, "data": {"dataset": "fashion-mnist", "validation": 10, "root": str(root)},
+        "model": {"name": name},
+        "train": {"iterations": 4, "eval_every": 2, "batch_size": 8, "log_every": 0, **train},
+        "prune": {"rounds": 1, "chain": config.chain(1)}})
+
+
+@pytest.fixture
+def prepared(tmp_path) -> Path:
+    cfg = make_cfg(fashion(tmp_path / "raw"))
+    path = tmp_path / "prepared.pt"
+    data.save_prepared(data.prepare(cfg), path)
+    return path
+
+
+def test_config_takes_an_import_path_and_checks_only_its_syntax():
+    def cfg(name: str) -> config.Config:
+        return config.from_dict({"model": {"name": name}, "prune": {"chain": config.chain(15)}})
+
+    assert cfg("no.such.module:build").model.name == "no.such.module:build"
+    for bad in ("examples.my_network:", ":build", "examples/my_network.py:build", "a b:c"):
+        with pytest.raises(ConfigError, match=r"model.name: .*'package.module:factory'"):
+            cfg(bad)
+    with pytest.raises(ConfigError, match="model.name: 'lenet-30'"):
+        cfg("lenet-30")
+
+
+def test_models_dispatch_to_the_generic_stack_with_the_dataset_sizes():
+    model = models.build(EXAMPLE, [3, 4], 10, (1, 28, 28))
+    assert isinstance(model, generic.GenericStack)
+    assert models.prunable(model) == ["0.weight", "4.weight", "9.weight", "11.weight"]
+    assert models.kinds(model) == {"0.weight": "conv", "4.weight": "conv", "9.weight": "fc", "11.weight": "output"}
+    from examples.my_network import build
+
+    torch.manual_seed(4)
+    alone = build(10, (1, 28, 28))
+    assert torch.equal(model.state_dict()["9.weight"][1], alone.state_dict()["9.weight"])
+    assert models.n_networks(model) == 2 and model(torch.zeros(1, 5, 1, 28, 28)).shape == (2, 5, 10)
+
+
+def test_init_and_rounds_train_your_network_and_export_its_ticket(tmp_path, prepared):
+    cfg = make_cfg(tmp_path / "raw")
+    runs = tmp_path / "runs"
+    rounds.init(cfg, runs / "init", prepared, log=lambda *a: None)
+    theta0, meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    assert meta["model"] == EXAMPLE and meta["num_classes"] == 10 and meta["input_shape"] == [1, 28, 28]
+    for name, prev in [("r0", "init"), ("r1", "r0")]:
+        rounds.run_round(cfg, name, prev, runs, prepared, log=lambda *a: None)
+    mask, _ = artifacts.load(runs / "r1" / "mask.pt", "mask")
+    kept = masks.kept(mask)
+    dense = {k: m[0].numel() for k, m in mask.items()}
+    assert kept["0.weight"].tolist() == [dense["0.weight"] - round(0.2 * dense["0.weight"])] * 2
+    assert kept["11.weight"].tolist() == [dense["11.weight"] - round(0.1 * dense["11.weight"])] * 2
+    trained, _ = artifacts.load(runs / "r1" / "model.pt", "weights")
+    assert (trained["0.weight"][~mask["0.weight"]] == 0).all()
+    assert not torch.equal(trained["1.running_mean"], theta0["1.running_mean"])  # BatchNorm trained
+    ticket.export(runs, "r1", tmp_path / "ticket.pt")
+    net = ticket.load_ticket(tmp_path / "ticket.pt")
+    x = data.load_prepared(prepared)["x_test"]
+    assert net(x).shape == (20, 10)
+
+
+def write_module(tmp_path: Path, body: str) -> str:
+    """A user's module, importable under a name of its own (one per test: sys.modules keeps modules)."""
+    name = f"usernet_{tmp_path.name.replace('-', '_').replace('[', '_').replace(']', '_')}"
+    (tmp_path / f"{name}.py").write_text("from torch import nn\n" + textwrap.dedent(body))
+    sys.path.insert(0, str(tmp_path))
+    importlib.invalidate_caches()
+    return name
+
+
+@pytest.mark.parametrize("body, attr, expect", [
+    ("", "build", "has no attribute 'build'"),
+    ("def build():\n    raise RuntimeError('boom')\n", "build", "raised RuntimeError: boom"),
+    ("def build():\n    return 3\n", "build", "returned a int, expected a torch.nn.Module"),
+    ("def build():\n    return nn.Sequential(nn.ReLU())\n", "build", "no prunable weights"),
+    ("def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 7))\n", "build", "expected (8, 10)"),
+    ("def build():\n    return nn.Sequential(nn.Linear(5, 10))\n", "build", "the forward fails on the dataset's input"),
+])
+def test_bad_networks_stop_init_before_any_training_naming_the_key_and_path(tmp_path, prepared, body, attr, expect):
+    name = f"{write_module(tmp_path, body)}:{attr}"
+    with pytest.raises(ConfigError) as e:
+        rounds.init(make_cfg(tmp_path / "raw", name), tmp_path / "runs" / "init", prepared, log=lambda *a: None)
+    assert str(e.value).startswith("model.name: ") and expect in str(e.value), str(e.value)
+    assert not (tmp_path / "runs" / "init" / "model.pt").exists()
+
+
+def test_a_module_that_does_not_import_is_named(tmp_path, prepared):
+    with pytest.raises(ConfigError, match=r"model.name: 'no_such_pkg.mod:build': module 'no_such_pkg.mod' does not import"):
+        rounds.init(make_cfg(tmp_path / "raw", "no_such_pkg.mod:build"), tmp_path / "init", prepared)
