@@ -10,11 +10,12 @@ still the one recorded.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from importlib import metadata
 from pathlib import Path
 
-from .config import LotteryError
+from .config import ConfigError, LotteryError, is_import_path
 
 # dataset -> (folder under data.root, system folder, torchvision class)
 IDX_DATASETS = {
@@ -130,3 +131,35 @@ def read_record(path: str | Path, dataset: str) -> dict:
         raise DataError(f"{path}: recorded {generator['package']} {generator['version']}, installed "
                         f"{metadata.version(generator['package'])}; run `dvc repro`")
     return record
+
+
+def describe_code(name: str, key: str = "model.name") -> dict:
+    """data/code.json: the source files of your own network (model.name 'package.module:factory'), digested.
+
+    Found without importing the module (importlib.util.find_spec imports only its parent packages):
+    the module's file, and every .py file beside it when it lives in a package (the helpers it may
+    import). The stages that build the network depend on this record, so editing those files reruns
+    them (and DVC's run-cache never restores results of the old code). Registry networks: no files.
+    """
+    files: dict[str, dict] = {}
+    if is_import_path(name):
+        module = name.partition(":")[0]
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as e:  # a parent package that does not import
+            raise ConfigError(f"{key}: {name!r}: module {module!r} is not found ({type(e).__name__}: {e})") from None
+        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+            raise ConfigError(f"{key}: {name!r}: module {module!r} is not found (no source file on the Python path; "
+                              "run from the folder that holds the package, or install it)")
+        origin = Path(spec.origin)
+        paths = sorted(origin.parent.glob("*.py")) if "." in module or spec.submodule_search_locations else [origin]
+        files = {_shown(p): {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}
+    return {key: name, "files": files}
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when inside it (records stay the same across checkouts)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -118,3 +119,33 @@ def test_bad_networks_stop_init_before_any_training_naming_the_key_and_path(tmp_
 def test_a_module_that_does_not_import_is_named(tmp_path, prepared):
     with pytest.raises(ConfigError, match=r"model.name: 'no_such_pkg.mod:build': module 'no_such_pkg.mod' does not import"):
         rounds.init(make_cfg(tmp_path / "raw", "no_such_pkg.mod:build"), tmp_path / "init", prepared)
+
+
+# ---------------------------------------------------------------- end to end: real git + real DVC
+
+def test_dvc_exp_run_of_the_example_network_and_editing_it_reruns_exactly_what_builds_it(repo):
+    import shutil
+
+    from conftest import ROOT, ran
+
+    shutil.copytree(ROOT / "examples", repo.path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    repo.commit("the example network")
+    fashion(repo.path / "data" / "raw", n_train=80, n_test=20)  # the real IDX format, where check looks first
+    sets = ["model.name=examples.my_network:build", "data.dataset=fashion-mnist", "data.validation=20",
+            "train.iterations=10", "train.eval_every=5", "train.batch_size=8", "trials=1"]
+    out = repo.dvc("exp", "run", *[a for s in sets for a in ("-S", s)]).stdout
+    rounds_ran = [s for s in ran(out) if s not in ("prepare", "init", "summarize")]
+    assert ran(out)[:2] == ["prepare", "init"] and ran(out)[-1] == "summarize" and len(rounds_ran) == 3, out
+    code = json.loads((repo.path / "data" / "code.json").read_text())
+    assert code["model.name"] == "examples.my_network:build" and set(code["files"]) == {"examples/my_network.py"}
+    metrics = json.loads((repo.path / "runs" / "r2" / "metrics.json").read_text())
+    assert [n["variant"] for n in metrics["networks"]] == ["ticket", "reinit", "random"]
+    assert (repo.path / "metrics" / "accuracy.png").is_file()
+
+    assert ran(repo.dvc("repro").stdout) == []
+    with open(repo.path / "examples" / "my_network.py", "a") as f:
+        f.write("\n# edited: a new version of the network\n")
+    out = repo.dvc("repro").stdout
+    # not prepare; summarize reruns only if the rounds' outputs changed (a comment changes no weight)
+    assert set(ran(out)) - {"summarize"} == {"init", *rounds_ran}, out
+    assert "Restored stage" not in out, out
