@@ -106,6 +106,11 @@ class PruneConfig:
     schedule: str = _help("iterative (prune the previous round) or oneshot (prune r0 straight to round K's sparsity)", "iterative")
     rounds: int = _help(f"pruning rounds after the dense round r0, at most {MAX_ROUNDS}", 15)
     chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
+    layers: list[str] = _help("your own network: glob patterns on parameter names choosing the prunable weights "
+                              "([] = every nn.Linear and nn.Conv* weight)", [])
+    ignore: list[str] = _help("your own network: glob patterns on parameter names never pruned", [])
+    layer_rates: dict[str, float] = _help("glob pattern on a prunable weight's name -> its rate per round, in [0, 1), "
+                                          "instead of its kind's rate (the first matching pattern wins)", {})
 
 
 @dataclass
@@ -265,6 +270,11 @@ def validate(cfg: Config) -> Config:
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
+    for key in ("layers", "ignore"):
+        _check(not getattr(p, key) or is_import_path(cfg.model.name), f"prune.{key}", getattr(p, key),
+               "[] unless model.name is your own network 'package.module:factory'")
+    for pattern, r in p.layer_rates.items():
+        _check(0 <= r < 1, f"prune.layer_rates.{pattern}", r, "a number in [0, 1)")
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
         _check(re.fullmatch(r"r\d+", key) is not None, "prune.chain", key, "round names are r<digits>")
         _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")

@@ -324,20 +324,24 @@ def build(name: str, seeds: list[int], num_classes: int = 10, input_shape: tuple
     return model
 
 
-def prunable(model: nn.Module) -> list[str]:
-    """Names of the prunable weights (conv and linear) in forward order; biases and BatchNorm never are."""
+def prunable(model: nn.Module, layers: list[str] | None = None, ignore: list[str] | None = None) -> list[str]:
+    """Names of the prunable weights (conv and linear) in forward order; biases and BatchNorm never are.
+
+    Your own network (a GenericStack): `layers` / `ignore` (prune.layers / prune.ignore, glob
+    patterns) choose otherwise (`lottery.generic.prunable`); config allows them for no other network.
+    """
     if isinstance(model, generic.GenericStack):
         try:
-            return generic.prunable(model)
+            return generic.prunable(model, layers or None, ignore)
         except ConfigError as e:  # name the network too: the user's factory
             raise ConfigError(f"model.name: {model.source!r}: {e}") from None
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (StackedLinear, StackedConv2d))]
 
 
-def kinds(model: nn.Module) -> dict[str, str]:
+def kinds(model: nn.Module, layers: list[str] | None = None, ignore: list[str] | None = None) -> dict[str, str]:
     """Each prunable weight's kind: 'conv', 'fc', or 'output' (the last linear layer)."""
     if isinstance(model, generic.GenericStack):
-        return generic.kinds(model)
+        return generic.kinds(model, layers or None, ignore)
     convs = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedConv2d)}
     names = prunable(model)
     return {k: "conv" if k in convs else ("output" if k == names[-1] else "fc") for k in names}

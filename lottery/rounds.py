@@ -78,7 +78,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     """
     seeds = trial_seeds(cfg)
     model = build_model(cfg, seeds)
-    names = models.prunable(model)
+    names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
     k = rewind_point(cfg)
     if is_import_path(cfg.model.name):  # bad input stops here, before any round trains
@@ -148,7 +148,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     seeds = trial_seeds(cfg)
     reference = build_model(cfg, [0] * cfg.trials).state_dict()
     one = build_model(cfg, [0])
-    names, kinds = models.prunable(one), models.kinds(one)
+    names, kinds = models.prunable(one, cfg.prune.layers, cfg.prune.ignore), models.kinds(one, cfg.prune.layers, cfg.prune.ignore)
 
     theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
     want_k = rewind_point(cfg)

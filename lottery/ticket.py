@@ -33,8 +33,10 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
     io = {k: init_meta[k] for k in ("num_classes", "input_shape") if k in init_meta}  # your own network's sizes
     reference = models.build(model, [0] * len(seeds), **io).state_dict()
-    names = models.prunable(models.build(model, [0], **io))
     artifacts.check_like(runs / "init" / "model.pt", theta0, reference)
+    init_mask, _ = artifacts.load(runs / "init" / "mask.pt", "mask", {"model": model, "seeds": seeds})
+    names = [k for k in init_mask if k in reference]  # the prunable weights init chose (prune.layers / ignore)
+    artifacts.check_like(runs / "init" / "mask.pt", init_mask, {k: reference[k] for k in names})
     expect = {"model": model, "round": round_name, "seeds": seeds}
     trained, meta = artifacts.load(runs / round_name / "model.pt", "weights", expect)
     artifacts.check_like(runs / round_name / "model.pt", trained, reference)

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 from scipy.io import savemat
-from test_data import idx_bytes, ids, make_cfg, make_images, write_gz
+from test_data import idx_bytes, ids, make_images, write_gz
 
 from lottery import config, data, raw
 from lottery.raw import DataError
@@ -77,6 +77,6 @@ def test_kmnist_idx_files_load_like_mnist(tmp_path):
     write_gz(folder / "train-labels-idx1-ubyte.gz", idx_bytes(np.arange(30) % 10))
     write_gz(folder / "t10k-images-idx3-ubyte.gz", idx_bytes(make_images(8, 150, seed=2)))
     write_gz(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.arange(8) % 10))
-    out = data.prepare(make_cfg(tmp_path / "raw", dataset="kmnist", validation=10))
+    out = data.prepare(cfg_for(tmp_path / "raw", "kmnist", validation=10))
     assert out["x_train"].shape == (20, 1, 28, 28) and ids(out["x_test"]) == list(range(150, 158))
     assert raw.describe("kmnist", tmp_path / "raw")["files"]["train_x"]["path"].startswith(str(folder))

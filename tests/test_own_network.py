@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_data import idx_bytes, make_images, write_gz
 
-from lottery import artifacts, config, data, generic, masks, models, rounds, ticket
+from lottery import artifacts, config, data, generic, masks, models, pruning, rounds, ticket
 from lottery.config import ConfigError
 
 EXAMPLE = "examples.my_network:build"
@@ -28,12 +28,12 @@ def fashion(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
     return root
 
 
-def make_cfg(root: Path, name: str = EXAMPLE, **train) -> config.Config:
+def make_cfg(root: Path, name: str = EXAMPLE, prune: dict | None = None, **train) -> config.Config:
     return config.from_dict({
         "trials": 2, "data": {"dataset": "fashion-mnist", "validation": 10, "root": str(root)},
         "model": {"name": name},
         "train": {"iterations": 4, "eval_every": 2, "batch_size": 8, "log_every": 0, **train},
-        "prune": {"rounds": 1, "chain": config.chain(1)}})
+        "prune": {"rounds": 1, "chain": config.chain(1), **(prune or {})}})
 
 
 @pytest.fixture
@@ -89,6 +89,40 @@ def test_init_and_rounds_train_your_network_and_export_its_ticket(tmp_path, prep
     net = ticket.load_ticket(tmp_path / "ticket.pt")
     x = data.load_prepared(prepared)["x_test"]
     assert net(x).shape == (20, 10)
+
+
+def test_prune_layers_ignore_and_layer_rates_choose_what_a_round_prunes(tmp_path, prepared):
+    cfg = make_cfg(tmp_path / "raw", prune={"layers": ["*.weight"], "ignore": ["1.*", "5.*", "0.*"],
+                                            "layer_rates": {"4.*": 0.5, "*": 0.3}})
+    runs = tmp_path / "runs"
+    rounds.init(cfg, runs / "init", prepared, log=lambda *a: None)
+    rounds.run_round(cfg, "r0", "init", runs, prepared, log=lambda *a: None)
+    stack = rounds.build_stack(cfg, "r1", "r0", runs)
+    assert stack.names == ["4.weight", "9.weight", "11.weight"]  # BatchNorm weights 1, 5 and the first conv ignored
+    dense = {k: m[0].numel() for k, m in stack.ticket_mask.items()}
+    kept = {k: v.tolist() for k, v in masks.kept(stack.ticket_mask).items()}
+    assert kept == {"4.weight": [dense["4.weight"] // 2] * 2,  # 4,608 weights: 2,304 pruned at 0.5
+                    "9.weight": [dense["9.weight"] - round(0.3 * dense["9.weight"])] * 2,
+                    "11.weight": [dense["11.weight"] - round(0.3 * dense["11.weight"])] * 2}
+
+
+def test_prune_layers_and_rates_are_validated_naming_the_key(tmp_path, prepared):
+    with pytest.raises(ConfigError, match=r"prune.layers: \['fc\*'\] is not allowed \(\[\] unless model.name is your own"):
+        config.from_dict({"prune": {"layers": ["fc*"], "chain": config.chain(15)}})
+    with pytest.raises(ConfigError, match=r"prune.layer_rates.fc\*: 1.0 is not allowed"):
+        config.from_dict({"prune": {"layer_rates": {"fc*": 1.0}, "chain": config.chain(15)}})
+    with pytest.raises(ConfigError, match=r"prune.ignore: pattern 'nope\*' matches no parameter"):
+        rounds.init(make_cfg(tmp_path / "raw", prune={"ignore": ["nope*"]}), tmp_path / "init", prepared)
+    cfg = make_cfg(tmp_path / "raw", prune={"layer_rates": {"nope*": 0.1}})
+    with pytest.raises(ConfigError, match=r"prune.layer_rates: pattern 'nope\*' matches no prunable weight"):
+        pruning.plan(cfg.prune, models.kinds(models.build(EXAMPLE, [0], 10, (1, 28, 28))), 1)
+
+
+def test_layer_rates_apply_to_the_built_in_networks_too():
+    cfg = config.from_dict({"prune": {"layer_rates": {"layers.1.*": 0.5}, "chain": config.chain(15)}}).prune
+    kinds = models.kinds(models.build("lenet-300-100", [0]))
+    assert pruning.plan(cfg, kinds, 1).rates == {"layers.0.weight": 0.2, "layers.1.weight": 0.5,
+                                                 "layers.2.weight": 0.1}
 
 
 def write_module(tmp_path: Path, body: str) -> str:
