@@ -148,7 +148,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     seeds = trial_seeds(cfg)
     reference = build_model(cfg, [0] * cfg.trials).state_dict()
     one = build_model(cfg, [0])
-    names, kinds = models.prunable(one, cfg.prune.layers, cfg.prune.ignore), models.kinds(one, cfg.prune.layers, cfg.prune.ignore)
+    chosen = (cfg.prune.layers, cfg.prune.ignore)  # your own network's prune.layers / prune.ignore
+    names, kinds = models.prunable(one, *chosen), models.kinds(one, *chosen)
 
     theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
     want_k = rewind_point(cfg)
