@@ -63,7 +63,9 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _help("one of " + ", ".join(DATASETS), "fashion-mnist")
+    dataset: str = _help("one of " + ", ".join(DATASETS) + ", or your own loader 'package.module:loader' returning "
+                         "x, y, x_test, y_test (arrays or tensors) or a (train, test) pair of map-style datasets",
+                         "fashion-mnist")
     validation: int = _help("training images held out (by seed) for early stopping", 5000)
     train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
     root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
@@ -228,7 +230,10 @@ def validate(cfg: Config) -> Config:
         _check(c in CONTROLS, f"controls[{i}]", c, "one of " + ", ".join(CONTROLS))
     _check(len(set(cfg.controls)) == len(cfg.controls), "controls", cfg.controls, "each control at most once")
     d = cfg.data
-    _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS))
+    if is_import_path(d.dataset):  # your own loader, imported by prepare
+        _check(IMPORT_PATH.fullmatch(d.dataset) is not None, "data.dataset", d.dataset, "an import path 'package.module:loader'")
+    else:
+        _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS) + ", or 'package.module:loader'")
     _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
     _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
     if is_import_path(cfg.model.name):  # imported by the stages that build it (config stays torch-free)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, is_import_path
 from .raw import DataError, describe
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28), "mnist1d": (40,),
@@ -131,6 +131,42 @@ def _load_svhn(files: dict[str, dict]) -> dict[str, np.ndarray]:
     return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
 
 
+def _load_user(name: str) -> dict[str, np.ndarray]:
+    """Your own loader (data.dataset 'package.module:loader'): x, y, x_test, y_test, or a (train, test) pair of
+    map-style datasets of (tensor, int) items; checked: lengths, integer labels, one example shape."""
+    from .generic import load_factory
+
+    loader = load_factory(name, "data.dataset")
+    try:
+        out = tuple(loader())
+    except Exception as e:
+        raise ConfigError(f"data.dataset: {name}() raised {type(e).__name__}: {e}") from e
+    if len(out) == 2:  # map-style datasets: items (x, label)
+        out = tuple(v for ds in out for v in (torch.stack([torch.as_tensor(ds[i][0]) for i in range(len(ds))]),
+                                               torch.tensor([ds[i][1] for i in range(len(ds))])))
+    if len(out) != 4:
+        raise ConfigError(f"data.dataset: {name}() returned {len(out)} values, expected x, y, x_test, y_test "
+                          "or a (train, test) pair of datasets")
+    raw = dict(zip(["x", "y", "x_test", "y_test"], (np.asarray(v.numpy() if torch.is_tensor(v) else v) for v in out)))
+    for split in ("", "_test"):
+        x, y = raw[f"x{split}"], raw[f"y{split}"]
+        if len(x) != len(y):
+            raise ConfigError(f"data.dataset: {name}(): x{split} has {len(x)} examples but y{split} {len(y)} labels")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise ConfigError(f"data.dataset: {name}(): y{split} is {y.dtype} {y.shape}, expected integer labels >= 0")
+    if raw["x"].shape[1:] != raw["x_test"].shape[1:]:
+        raise ConfigError(f"data.dataset: {name}(): examples {raw['x'].shape[1:]} in x, {raw['x_test'].shape[1:]} in x_test")
+    if raw["x"].dtype != np.uint8:
+        raw["x"], raw["x_test"] = raw["x"].astype(np.float32), raw["x_test"].astype(np.float32)
+    return raw
+
+
+def sizes(data: dict[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
+    """(classes, one example's shape) of prepared data: the largest label + 1, and x_train's example shape."""
+    return max(int(data[f"y_{s}"].max()) for s in ("train", "val", "test") if len(data[f"y_{s}"])) + 1, \
+        tuple(data["x_train"].shape[1:])
+
+
 def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x).
 
@@ -138,7 +174,9 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """
     d = cfg.data
     record = describe(d.dataset, d.root) if record is None else record
-    if d.dataset == "mnist1d":
+    if is_import_path(d.dataset):
+        raw = _load_user(d.dataset)
+    elif d.dataset == "mnist1d":
         raw = _load_mnist1d(record["generator"]["args"])
     elif d.dataset == "cifar10":
         raw = _load_cifar10(record["files"])

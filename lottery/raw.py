@@ -102,6 +102,8 @@ def _mnist1d_args() -> dict:
 
 def describe(dataset: str, root: str | Path) -> dict:
     """data/raw.json: the files `prepare` reads with size and sha256, or mnist1d's generator and its arguments."""
+    if is_import_path(dataset):  # your own loader: its source files, like your own network's
+        return {"dataset": dataset, "code": describe_code(dataset, "data.dataset")["files"]}
     if dataset == "mnist1d":
         args = _mnist1d_args()
         return {"dataset": dataset, "generator": {"package": "mnist1d", "version": metadata.version("mnist1d"), "args": args}}

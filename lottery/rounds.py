@@ -23,7 +23,7 @@ import torch
 from . import artifacts, generic, masks, models, pruning
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, is_import_path
-from .data import CLASSES, SHAPES, load_prepared
+from .data import CLASSES, SHAPES, load_prepared, sizes
 from .runtime import resolve_device
 from .training import train
 
@@ -46,23 +46,39 @@ def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
-def build_model(cfg: Config, seeds: list[int]) -> torch.nn.Module:
-    """The stack of `cfg.model.name` (a registry name or 'package.module:factory') for data.dataset's input and classes."""
-    return models.build(cfg.model.name, seeds, CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])
+def build_model(cfg: Config, seeds: list[int], io: tuple[int, tuple[int, ...]] | None = None) -> torch.nn.Module:
+    """The stack of `cfg.model.name` (a registry name or 'package.module:factory') for the data's classes and
+    input shape: `io`, else data.dataset's (a named dataset)."""
+    return models.build(cfg.model.name, seeds, *(io or (CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])))
 
 
-def io_meta(cfg: Config) -> dict:
-    """What rebuilding your own network needs besides its name (ticket export): the dataset's classes and input
-    shape ({} for the registry's networks, whose sizes are fixed)."""
-    if not is_import_path(cfg.model.name):
-        return {}
-    return {"num_classes": CLASSES[cfg.data.dataset], "input_shape": list(SHAPES[cfg.data.dataset])}
+def own(cfg: Config) -> bool:
+    """Your own network or your own dataset: sizes recorded in init's metadata, a dry forward before training."""
+    return is_import_path(cfg.model.name) or is_import_path(cfg.data.dataset)
+
+
+def init_io(cfg: Config, runs: Path) -> tuple[int, tuple[int, ...]] | None:
+    """The classes and input shape init recorded (your own dataset's come from its data), else None."""
+    if not is_import_path(cfg.data.dataset):
+        return None
+    _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    return meta["num_classes"], tuple(meta["input_shape"])
 
 
 def dry_check(cfg: Config, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
-    """Your own network (model.name 'package.module:factory'): a dry forward on one batch before any training."""
-    if is_import_path(cfg.model.name):
-        generic.check(model, data["x_train"][: cfg.train.batch_size], data["y_train"], CLASSES[cfg.data.dataset])
+    """Your own network or dataset: a dry forward on one batch before any training."""
+    if own(cfg):
+        classes = sizes(data)[0] if is_import_path(cfg.data.dataset) else CLASSES[cfg.data.dataset]
+        generic.check(model, data["x_train"][: cfg.train.batch_size], data["y_train"], classes)
+
+
+def _io_meta(cfg: Config, io: tuple[int, tuple[int, ...]] | None) -> dict:
+    """What rebuilding your own network needs besides its name (ticket export) and what the rounds of your own
+    dataset build with: classes and input shape ({} for a registry network on a named dataset)."""
+    if not own(cfg):
+        return {}
+    classes, shape = io or (CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])
+    return {"num_classes": classes, "input_shape": list(shape)}
 
 
 def rewind_point(cfg: Config) -> int:
@@ -77,12 +93,14 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     trained for `rewind.iteration` iterations (data from `data_path`).
     """
     seeds = trial_seeds(cfg)
-    model = build_model(cfg, seeds)
+    prepared = load_prepared(data_path) if own(cfg) else None
+    io = sizes(prepared) if is_import_path(cfg.data.dataset) else None
+    model = build_model(cfg, seeds, io)
     names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
     k = rewind_point(cfg)
-    if is_import_path(cfg.model.name):  # bad input stops here, before any round trains
-        dry_check(cfg, model, load_prepared(data_path))
+    if prepared is not None:  # bad input stops here, before any round trains
+        dry_check(cfg, model, prepared)
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device)
@@ -91,7 +109,8 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
         train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
               log=log, augment=cfg.data.augment)
-    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k, **io_meta(cfg)))
+    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k,
+                                                                 **_io_meta(cfg, io)))
     artifacts.save(out / "mask.pt", mask, _meta(cfg, "mask", "init"))
 
 
@@ -146,8 +165,9 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
         raise ConfigError(f"round {name} prunes {cfg.prune.chain.get(name)!r} under prune.schedule={cfg.prune.schedule}, "
                           f"not {prev!r}")
     seeds = trial_seeds(cfg)
-    reference = build_model(cfg, [0] * cfg.trials).state_dict()
-    one = build_model(cfg, [0])
+    io = init_io(cfg, runs)
+    reference = build_model(cfg, [0] * cfg.trials, io).state_dict()
+    one = build_model(cfg, [0], io)
     chosen = (cfg.prune.layers, cfg.prune.ignore)  # your own network's prune.layers / prune.ignore
     names, kinds = models.prunable(one, *chosen), models.kinds(one, *chosen)
 
@@ -182,7 +202,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
-    stack.model = build_model(cfg, stack.init_seeds)
+    stack.model = build_model(cfg, stack.init_seeds, io)
     state = stack.model.state_dict()
     stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
     for v in variants:

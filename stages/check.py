@@ -28,7 +28,8 @@ def main() -> None:
     code = raw.describe_code(cfg.model.name)
     Path(args.code).parent.mkdir(parents=True, exist_ok=True)
     Path(args.code).write_text(json.dumps(code, indent=1, sort_keys=True) + "\n")
-    what = f"{len(record['files'])} files" if "files" in record else "generator " + record["generator"]["version"]
+    what = (f"{len(record['files'])} files" if "files" in record else f"loader, {len(record['code'])} source files"
+            if "code" in record else "generator " + record["generator"]["version"])
     print(f"[check] {args.params} valid; {cfg.data.dataset}: {what} -> {out}")
 
 

@@ -183,3 +183,74 @@ def test_dvc_exp_run_of_the_example_network_and_editing_it_reruns_exactly_what_b
     # not prepare; summarize reruns only if the rounds' outputs changed (a comment changes no weight)
     assert set(ran(out)) - {"summarize"} == {"init", *rounds_ran}, out
     assert "Restored stage" not in out, out
+
+
+# ---------------------------------------------------------------- your own dataset
+
+LOADER = """
+import numpy as np
+import torch
+
+def arrays():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 3, 8, 8), dtype=np.uint8)
+    return x, np.arange(40) % 4, torch.from_numpy(x[:12].copy()), torch.arange(12) % 4
+
+def datasets():
+    x = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return [(x[i], i % 4) for i in range(24)], [(x[i], i % 4) for i in range(24, 30)]
+
+def mismatched():
+    return np.zeros((5, 2)), np.arange(4), np.zeros((2, 2)), np.arange(2)
+
+def float_labels():
+    return np.zeros((4, 2)), np.ones(4) / 2, np.zeros((2, 2)), np.arange(2)
+"""
+
+
+@pytest.mark.parametrize("loader", ["arrays", "datasets"])
+def test_your_own_loader_feeds_your_own_network(tmp_path, loader):
+    module = write_module(tmp_path, LOADER)
+    cfg = config.from_dict({
+        "trials": 1, "data": {"dataset": f"{module}:{loader}", "validation": 6}, "model": {"name": EXAMPLE},
+        "train": {"iterations": 2, "eval_every": 1, "batch_size": 4, "log_every": 0},
+        "prune": {"rounds": 1, "chain": config.chain(1)}})
+    tensors = data.prepare(cfg)
+    n_train = 34 if loader == "arrays" else 18
+    assert tensors["x_train"].shape == (n_train, 3, 8, 8) and tensors["y_test"].tolist()[:4] == [0, 1, 2, 3]
+    assert tensors["x_train"].dtype == (torch.uint8 if loader == "arrays" else torch.float32)
+    data.save_prepared(tensors, tmp_path / "prepared.pt")
+    runs = tmp_path / "runs"
+    rounds.init(cfg, runs / "init", tmp_path / "prepared.pt", log=lambda *a: None)
+    _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    assert meta["num_classes"] == 4 and meta["input_shape"] == [3, 8, 8]
+    rounds.run_round(cfg, "r0", "init", runs, tmp_path / "prepared.pt", log=lambda *a: None)
+    trained, _ = artifacts.load(runs / "r0" / "model.pt", "weights")
+    assert trained["11.weight"].shape == (1, 4, 128)  # the output layer has the loader's 4 classes
+
+
+@pytest.mark.parametrize("loader, expect", [
+    ("mismatched", "x has 5 examples but y 4 labels"),
+    ("float_labels", "y is float64 (4,), expected integer labels >= 0"),
+    ("nothing", "has no attribute 'nothing'"),
+])
+def test_a_bad_loader_stops_prepare_naming_the_key_and_path(tmp_path, loader, expect):
+    module = write_module(tmp_path, LOADER)
+    cfg = config.from_dict({"data": {"dataset": f"{module}:{loader}", "validation": 1},
+                            "model": {"name": EXAMPLE}, "prune": {"chain": config.chain(15)}})
+    with pytest.raises(ConfigError) as e:
+        data.prepare(cfg)
+    assert str(e.value).startswith("data.dataset: ") and expect in str(e.value) and module in str(e.value), str(e.value)
+
+
+def test_check_records_your_loaders_source_so_prepare_reruns_when_it_changes(tmp_path, monkeypatch):
+    from lottery import raw
+
+    module = write_module(tmp_path, LOADER)
+    monkeypatch.chdir(tmp_path)
+    record = raw.describe(f"{module}:arrays", "data/raw")
+    assert record["dataset"] == f"{module}:arrays" and list(record["code"]) == [f"{module}.py"]
+    before = record["code"][f"{module}.py"]["sha256"]
+    with open(tmp_path / f"{module}.py", "a") as f:
+        f.write("# edited\n")
+    assert raw.describe(f"{module}:arrays", "data/raw")["code"][f"{module}.py"]["sha256"] != before
