@@ -222,6 +222,23 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed ({allowed})")
 
 
+def _name(value: str, key: str, names: tuple[str, ...], what: str) -> None:
+    """A registry name, or your own 'package.module:<what>' (its syntax only: the stages import it, config has no torch)."""
+    if is_import_path(value):
+        _check(IMPORT_PATH.fullmatch(value) is not None, key, value, f"an import path 'package.module:{what}'")
+    else:
+        _check(value in names, key, value, "one of " + ", ".join(names) + f", or 'package.module:{what}'")
+
+
+def _prune_layers(p: PruneConfig, model: str) -> None:
+    """prune.layers / prune.ignore (your own network only) and prune.layer_rates (glob patterns, matched by the stages)."""
+    for key in ("layers", "ignore"):
+        _check(not getattr(p, key) or is_import_path(model), f"prune.{key}", getattr(p, key),
+               "[] unless model.name is your own network 'package.module:factory'")
+    for pattern, r in p.layer_rates.items():
+        _check(0 <= r < 1, f"prune.layer_rates.{pattern}", r, "a number in [0, 1)")
+
+
 def validate(cfg: Config) -> Config:
     """Ranges and names that types alone do not catch."""
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
@@ -230,18 +247,10 @@ def validate(cfg: Config) -> Config:
         _check(c in CONTROLS, f"controls[{i}]", c, "one of " + ", ".join(CONTROLS))
     _check(len(set(cfg.controls)) == len(cfg.controls), "controls", cfg.controls, "each control at most once")
     d = cfg.data
-    if is_import_path(d.dataset):  # your own loader, imported by prepare
-        _check(IMPORT_PATH.fullmatch(d.dataset) is not None, "data.dataset", d.dataset, "an import path 'package.module:loader'")
-    else:
-        _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS) + ", or 'package.module:loader'")
+    _name(d.dataset, "data.dataset", DATASETS, "loader")
     _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
     _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
-    if is_import_path(cfg.model.name):  # imported by the stages that build it (config stays torch-free)
-        _check(IMPORT_PATH.fullmatch(cfg.model.name) is not None, "model.name", cfg.model.name,
-               "an import path 'package.module:factory'")
-    else:
-        _check(cfg.model.name in MODELS, "model.name", cfg.model.name,
-               "one of " + ", ".join(MODELS) + ", or 'package.module:factory'")
+    _name(cfg.model.name, "model.name", MODELS, "factory")
     if d.dataset in DATASETS and cfg.model.name in MODELS:
         takes = MODEL_DATASETS[cfg.model.name]
         _check(d.dataset in takes, "model.name", cfg.model.name,
@@ -275,11 +284,7 @@ def validate(cfg: Config) -> Config:
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
-    for key in ("layers", "ignore"):
-        _check(not getattr(p, key) or is_import_path(cfg.model.name), f"prune.{key}", getattr(p, key),
-               "[] unless model.name is your own network 'package.module:factory'")
-    for pattern, r in p.layer_rates.items():
-        _check(0 <= r < 1, f"prune.layer_rates.{pattern}", r, "a number in [0, 1)")
+    _prune_layers(p, cfg.model.name)
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
         _check(re.fullmatch(r"r\d+", key) is not None, "prune.chain", key, "round names are r<digits>")
         _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")
