@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-DATASETS = ("cifar10", "fashion-mnist", "mnist", "mnist1d")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "kmnist", "mnist", "mnist1d", "svhn")
 # model -> the datasets it takes (lottery.models.INPUTS is this table; kept here, free of torch)
 _CONV = ("conv-2", "conv-4", "conv-6")
 MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -40,6 +40,12 @@ DEVICES = ("cpu", "cuda", "auto")
 ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # package.module:factory
+
+
+def is_import_path(name: str) -> bool:
+    """Whether a model.name is a user factory 'package.module:callable' (not a registry name); syntax only."""
+    return ":" in name
 
 
 class LotteryError(Exception):
@@ -58,7 +64,9 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _help("one of " + ", ".join(DATASETS), "fashion-mnist")
+    dataset: str = _help("one of " + ", ".join(DATASETS) + ", or your own loader 'package.module:loader' returning "
+                         "x, y, x_test, y_test (arrays or tensors) or a (train, test) pair of map-style datasets",
+                         "fashion-mnist")
     validation: int = _help("training images held out (by seed) for early stopping", 5000)
     train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
     root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
@@ -67,7 +75,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _help("one of " + ", ".join(MODELS), "lenet-300-100")
+    name: str = _help("one of " + ", ".join(MODELS) + ", or your own network: 'package.module:factory', a callable "
+                      "returning one torch.nn.Module (taking num_classes and input_shape if it wants)", "lenet-300-100")
 
 
 @dataclass
@@ -100,6 +109,11 @@ class PruneConfig:
     schedule: str = _help("iterative (prune the previous round) or oneshot (prune r0 straight to round K's sparsity)", "iterative")
     rounds: int = _help(f"pruning rounds after the dense round r0, at most {MAX_ROUNDS}", 15)
     chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
+    layers: list[str] = _help("your own network: glob patterns on parameter names choosing the prunable weights "
+                              "([] = every nn.Linear and nn.Conv* weight)", [])
+    ignore: list[str] = _help("your own network: glob patterns on parameter names never pruned", [])
+    layer_rates: dict[str, float] = _help("glob pattern on a prunable weight's name -> its rate per round, in [0, 1), "
+                                          "instead of its kind's rate (the first matching pattern wins)", {})
 
 
 @dataclass
@@ -181,10 +195,12 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["seed", "data.dataset", "data.validation", "data.train_subset"],
     "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
-             "train.lr_gamma", "train.device", "train.precision"],
-    "dense": [*_TRAINING, "rewind.to", "rewind.iteration"],
+             "train.lr_gamma", "train.device", "train.precision", "prune.layers", "prune.ignore"],
+    # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
+    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore"],
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
-              "prune.global_kinds", "prune.criterion", "prune.schedule", "rewind"],
+              "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
+              "prune.layer_rates", "rewind"],
     "summarize": ["prune.rounds", "summary"],
 }
 
@@ -248,6 +264,23 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed ({allowed})")
 
 
+def _name(value: str, key: str, names: tuple[str, ...], what: str) -> None:
+    """A registry name, or your own 'package.module:<what>' (its syntax only: the stages import it, config has no torch)."""
+    if is_import_path(value):
+        _check(IMPORT_PATH.fullmatch(value) is not None, key, value, f"an import path 'package.module:{what}'")
+    else:
+        _check(value in names, key, value, "one of " + ", ".join(names) + f", or 'package.module:{what}'")
+
+
+def _prune_layers(p: PruneConfig, model: str) -> None:
+    """prune.layers / prune.ignore (your own network only) and prune.layer_rates (glob patterns, matched by the stages)."""
+    for key in ("layers", "ignore"):
+        _check(not getattr(p, key) or is_import_path(model), f"prune.{key}", getattr(p, key),
+               "[] unless model.name is your own network 'package.module:factory'")
+    for pattern, r in p.layer_rates.items():
+        _check(0 <= r < 1, f"prune.layer_rates.{pattern}", r, "a number in [0, 1)")
+
+
 def validate(cfg: Config) -> Config:
     """Ranges and names that types alone do not catch."""
     _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
@@ -256,11 +289,11 @@ def validate(cfg: Config) -> Config:
         _check(c in CONTROLS, f"controls[{i}]", c, "one of " + ", ".join(CONTROLS))
     _check(len(set(cfg.controls)) == len(cfg.controls), "controls", cfg.controls, "each control at most once")
     d = cfg.data
-    _check(d.dataset in DATASETS, "data.dataset", d.dataset, "one of " + ", ".join(DATASETS))
+    _name(d.dataset, "data.dataset", DATASETS, "loader")
     _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
     _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
-    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, "one of " + ", ".join(MODELS))
-    if d.dataset in DATASETS:
+    _name(cfg.model.name, "model.name", MODELS, "factory")
+    if d.dataset in DATASETS and cfg.model.name in MODELS:
         takes = MODEL_DATASETS[cfg.model.name]
         _check(d.dataset in takes, "model.name", cfg.model.name,
                f"it does not take data.dataset {d.dataset!r}; {cfg.model.name} takes: {', '.join(takes)}")
@@ -293,6 +326,7 @@ def validate(cfg: Config) -> Config:
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
+    _prune_layers(p, cfg.model.name)
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
         _check(re.fullmatch(ROUND_NAME, key) is not None, "prune.chain", key, "round names are r<digits>")
         _check(re.fullmatch(r"r\d+|init", prev) is not None, f"prune.chain.{key}", prev, "init or r<digits>")

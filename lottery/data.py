@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, is_import_path
 from .raw import DataError, describe
 
-SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "mnist1d": (40,), "cifar10": (3, 32, 32)}
+SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28), "mnist1d": (40,),
+          "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32)}
+CLASSES = {name: 100 if name == "cifar100" else 10 for name in SHAPES}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -76,14 +78,14 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, labels: bytes = b"labels", what: str = "CIFAR-10") -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             d = _CifarUnpickler(f, encoding="bytes").load()
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[b"labels"], dtype=np.int64)
+        y = np.asarray(d[labels], dtype=np.int64)
     except Exception as e:  # a malformed pickle fails in many ways
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: not a {what} python batch ({type(e).__name__}: {e})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y
@@ -99,6 +101,72 @@ def _load_cifar10(files: dict[str, dict]) -> dict[str, np.ndarray]:
             "x_test": x_test, "y_test": y_test}
 
 
+def _load_cifar100(files: dict[str, dict]) -> dict[str, np.ndarray]:
+    """CIFAR-100's python format: `train` and `test` pickles, the 100 fine labels (read by the same unpickler)."""
+    (x, y), (x_test, y_test) = (_read_cifar_batch(Path(files[s]["path"]), b"fine_labels", "CIFAR-100")
+                                for s in ("train", "test"))
+    print(f"[prepare] cifar100: read {len(y)} train / {len(y_test)} test images from {Path(files['test']['path']).parent}")
+    return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
+
+
+def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One SVHN .mat file: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0 -> (N, 3, 32, 32), labels 0-9."""
+    from scipy.io import loadmat
+
+    try:
+        d = loadmat(path)
+        x, y = np.asarray(d["X"], dtype=np.uint8), np.asarray(d["y"], dtype=np.int64).reshape(-1)
+    except Exception as e:  # not a MATLAB file, or keys missing
+        raise DataError(f"{path}: not an SVHN .mat file ({type(e).__name__}: {e})") from None
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise DataError(f"{path}: images {x.shape} and labels {y.shape} do not match SVHN's (32, 32, 3, N) and (N, 1)")
+    if len(y) and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{path}: labels must be 1-10 (10 = digit 0), found {y.min()}..{y.max()}")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10
+
+
+def _load_svhn(files: dict[str, dict]) -> dict[str, np.ndarray]:
+    (x, y), (x_test, y_test) = (_read_svhn(Path(files[s]["path"])) for s in ("train", "test"))
+    print(f"[prepare] svhn: read {len(y)} train / {len(y_test)} test images from {Path(files['test']['path']).parent}")
+    return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
+
+
+def _load_user(name: str) -> dict[str, np.ndarray]:
+    """Your own loader (data.dataset 'package.module:loader'): x, y, x_test, y_test, or a (train, test) pair of
+    map-style datasets of (tensor, int) items; checked: lengths, integer labels, one example shape."""
+    from .generic import load_factory
+
+    loader = load_factory(name, "data.dataset")
+    try:
+        out = tuple(loader())
+    except Exception as e:
+        raise ConfigError(f"data.dataset: {name}() raised {type(e).__name__}: {e}") from e
+    if len(out) == 2:  # map-style datasets: items (x, label)
+        out = tuple(v for ds in out for v in (torch.stack([torch.as_tensor(ds[i][0]) for i in range(len(ds))]),
+                                               torch.tensor([ds[i][1] for i in range(len(ds))])))
+    if len(out) != 4:
+        raise ConfigError(f"data.dataset: {name}() returned {len(out)} values, expected x, y, x_test, y_test "
+                          "or a (train, test) pair of datasets")
+    raw = dict(zip(["x", "y", "x_test", "y_test"], (np.asarray(v.numpy() if torch.is_tensor(v) else v) for v in out)))
+    for split in ("", "_test"):
+        x, y = raw[f"x{split}"], raw[f"y{split}"]
+        if len(x) != len(y):
+            raise ConfigError(f"data.dataset: {name}(): x{split} has {len(x)} examples but y{split} {len(y)} labels")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise ConfigError(f"data.dataset: {name}(): y{split} is {y.dtype} {y.shape}, expected integer labels >= 0")
+    if raw["x"].shape[1:] != raw["x_test"].shape[1:]:
+        raise ConfigError(f"data.dataset: {name}(): examples {raw['x'].shape[1:]} in x, {raw['x_test'].shape[1:]} in x_test")
+    if raw["x"].dtype != np.uint8:
+        raw["x"], raw["x_test"] = raw["x"].astype(np.float32), raw["x_test"].astype(np.float32)
+    return raw
+
+
+def sizes(data: dict[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
+    """(classes, one example's shape) of prepared data: the largest label + 1, and x_train's example shape."""
+    return max(int(data[f"y_{s}"].max()) for s in ("train", "val", "test") if len(data[f"y_{s}"])) + 1, \
+        tuple(data["x_train"].shape[1:])
+
+
 def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x).
 
@@ -106,10 +174,16 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """
     d = cfg.data
     record = describe(d.dataset, d.root) if record is None else record
-    if d.dataset == "mnist1d":
+    if is_import_path(d.dataset):
+        raw = _load_user(d.dataset)
+    elif d.dataset == "mnist1d":
         raw = _load_mnist1d(record["generator"]["args"])
     elif d.dataset == "cifar10":
         raw = _load_cifar10(record["files"])
+    elif d.dataset == "cifar100":
+        raw = _load_cifar100(record["files"])
+    elif d.dataset == "svhn":
+        raw = _load_svhn(record["files"])
     else:
         raw = _load_idx_dataset(d.dataset, record["files"])
     n = len(raw["y"])

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MODEL_DATASETS
+from . import generic
+from .config import MODEL_DATASETS, ConfigError, is_import_path
 
 # model name -> datasets it takes (the table lives in config, which must not import torch)
 INPUTS: dict[str, tuple[str, ...]] = dict(MODEL_DATASETS)
@@ -308,21 +309,39 @@ REGISTRY = {
 }
 
 
-def build(name: str, seeds: list[int]) -> nn.Module:
-    """A stack of len(seeds) networks, network i initialised from seeds[i]."""
+def build(name: str, seeds: list[int], num_classes: int = 10, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A stack of len(seeds) networks, network i initialised from seeds[i].
+
+    A registry name builds the hand-stacked network (its input and output sizes are fixed); an
+    import path 'package.module:factory' stacks the factory's module (`lottery.generic`), which is
+    offered `num_classes` and `input_shape` (one example's shape, e.g. (1, 28, 28)).
+    """
+    if is_import_path(name):
+        return generic.build(generic.load_factory(name), seeds, num_classes, tuple(input_shape or ()))
     model = REGISTRY[name](len(seeds))
     for i, s in enumerate(seeds):
         model.init_(i, s)
     return model
 
 
-def prunable(model: nn.Module) -> list[str]:
-    """Names of the prunable weights (conv and linear) in forward order; biases and BatchNorm never are."""
+def prunable(model: nn.Module, layers: list[str] | None = None, ignore: list[str] | None = None) -> list[str]:
+    """Names of the prunable weights (conv and linear) in forward order; biases and BatchNorm never are.
+
+    Your own network (a GenericStack): `layers` / `ignore` (prune.layers / prune.ignore, glob
+    patterns) choose otherwise (`lottery.generic.prunable`); config allows them for no other network.
+    """
+    if isinstance(model, generic.GenericStack):
+        try:
+            return generic.prunable(model, layers or None, ignore)
+        except ConfigError as e:  # name the network too: the user's factory
+            raise ConfigError(f"model.name: {model.source!r}: {e}") from None
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (StackedLinear, StackedConv2d))]
 
 
-def kinds(model: nn.Module) -> dict[str, str]:
+def kinds(model: nn.Module, layers: list[str] | None = None, ignore: list[str] | None = None) -> dict[str, str]:
     """Each prunable weight's kind: 'conv', 'fc', or 'output' (the last linear layer)."""
+    if isinstance(model, generic.GenericStack):
+        return generic.kinds(model, layers or None, ignore)
     convs = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, StackedConv2d)}
     names = prunable(model)
     return {k: "conv" if k in convs else ("output" if k == names[-1] else "fc") for k in names}

@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import torch
 
 from .config import LotteryError, PruneConfig
+from .generic import pattern_rates
 from .masks import Mask, is_subset, kept
 
 
@@ -44,7 +45,8 @@ def plan(cfg: PruneConfig, kinds: dict[str, str], k: int) -> Plan:
 
     Per-round rates: conv at `conv_rate` (null = `rate`), fc at `rate`, the output layer at
     `output_rate` (null = half of `rate`); the global strategy ranks the layers of
-    `global_kinds` together at `rate`. One-shot round k prunes the dense round straight to
+    `global_kinds` together at `rate`; `layer_rates` (glob pattern -> rate) overrides a layer's
+    kind rate (`lottery.generic.pattern_rates`). One-shot round k prunes the dense round straight to
     what k iterative steps leave: rate 1 - (1 - r)^k.
     """
     steps = k if cfg.schedule == "oneshot" else min(k, 1)
@@ -55,7 +57,8 @@ def plan(cfg: PruneConfig, kinds: dict[str, str], k: int) -> Plan:
     per_kind = {"conv": cfg.rate if cfg.conv_rate is None else cfg.conv_rate, "fc": cfg.rate,
                 "output": cfg.rate / 2 if cfg.output_rate is None else cfg.output_rate}
     pooled = [n for n, kind in kinds.items() if kind in cfg.global_kinds] if cfg.strategy == "global" else []
-    return Plan({n: step(per_kind[kind]) for n, kind in kinds.items() if n not in pooled}, pooled, step(cfg.rate))
+    rates = pattern_rates(kinds, per_kind, cfg.layer_rates)
+    return Plan({n: step(rates[n]) for n in kinds if n not in pooled}, pooled, step(cfg.rate))
 
 
 def planned_kept(cfg: PruneConfig, kinds: dict[str, str], dense: dict[str, int], k: int) -> list[tuple[list[str], int]]:

@@ -10,16 +10,18 @@ still the one recorded.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from importlib import metadata
 from pathlib import Path
 
-from .config import LotteryError
+from .config import ConfigError, LotteryError, is_import_path
 
 # dataset -> (folder under data.root, system folder, torchvision class)
 IDX_DATASETS = {
     "fashion-mnist": ("fashion-mnist", "/usr/share/datasets/fashion-mnist", "FashionMNIST"),
     "mnist": ("mnist", "/usr/share/datasets/mnist", "MNIST"),
+    "kmnist": ("kmnist", "/usr/share/datasets/kmnist", "KMNIST"),
 }
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -29,6 +31,8 @@ IDX_FILES = {
 }
 CIFAR_DIR = "cifar-10-batches-py"  # CIFAR-10's python format: data_batch_1..5, test_batch (pickles)
 CIFAR_FILES = {name: name for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+CIFAR100_DIR = "cifar-100-python"  # CIFAR-100's python format: train, test (pickles, fine_labels)
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}  # SVHN's cropped digits, MATLAB files
 
 
 class DataError(LotteryError, RuntimeError):
@@ -39,6 +43,10 @@ def _sources(dataset: str, root: Path) -> tuple[list[Path], dict[str, str], tupl
     """Candidate folders in order of precedence, role -> file name, accepted suffixes, torchvision class."""
     if dataset == "cifar10":
         return [root / "cifar10" / CIFAR_DIR, root / CIFAR_DIR], CIFAR_FILES, ("",), "CIFAR10"
+    if dataset == "cifar100":
+        return [root / "cifar100" / CIFAR100_DIR, root / CIFAR100_DIR], {"train": "train", "test": "test"}, ("",), "CIFAR100"
+    if dataset == "svhn":
+        return [root / "svhn", root], SVHN_FILES, ("",), "SVHN"
     sub, system, tv_class = IDX_DATASETS[dataset]
     return [root / sub, Path(system), root / tv_class / "raw"], IDX_FILES, ("", ".gz"), tv_class
 
@@ -66,7 +74,8 @@ def locate(dataset: str, root: str | Path) -> dict[str, Path]:
     print(f"[check] {dataset}: no local copy in {where}; downloading with torchvision", flush=True)
     try:
         for train in (True, False):
-            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
+            split = {"split": "train" if train else "test"} if tv_class == "SVHN" else {"train": train}
+            getattr(torchvision.datasets, tv_class)(str(root), download=True, **split)
     except Exception as e:  # network errors come in many types
         raise DataError(f"{dataset}: not found locally ({where}) and download failed: {e}") from None
     found = _complete(folders, files, suffixes)
@@ -93,6 +102,8 @@ def _mnist1d_args() -> dict:
 
 def describe(dataset: str, root: str | Path) -> dict:
     """data/raw.json: the files `prepare` reads with size and sha256, or mnist1d's generator and its arguments."""
+    if is_import_path(dataset):  # your own loader: its source files, like your own network's
+        return {"dataset": dataset, "code": describe_code(dataset, "data.dataset")["files"]}
     if dataset == "mnist1d":
         args = _mnist1d_args()
         return {"dataset": dataset, "generator": {"package": "mnist1d", "version": metadata.version("mnist1d"), "args": args}}
@@ -122,3 +133,35 @@ def read_record(path: str | Path, dataset: str) -> dict:
         raise DataError(f"{path}: recorded {generator['package']} {generator['version']}, installed "
                         f"{metadata.version(generator['package'])}; run `dvc repro`")
     return record
+
+
+def describe_code(name: str, key: str = "model.name") -> dict:
+    """data/code.json: the source files of your own network (model.name 'package.module:factory'), digested.
+
+    Found without importing the module (importlib.util.find_spec imports only its parent packages):
+    the module's file, and every .py file beside it when it lives in a package (the helpers it may
+    import). The stages that build the network depend on this record, so editing those files reruns
+    them (and DVC's run-cache never restores results of the old code). Registry networks: no files.
+    """
+    files: dict[str, dict] = {}
+    if is_import_path(name):
+        module = name.partition(":")[0]
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as e:  # a parent package that does not import
+            raise ConfigError(f"{key}: {name!r}: module {module!r} is not found ({type(e).__name__}: {e})") from None
+        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+            raise ConfigError(f"{key}: {name!r}: module {module!r} is not found (no source file on the Python path; "
+                              "run from the folder that holds the package, or install it)")
+        origin = Path(spec.origin)
+        paths = sorted(origin.parent.glob("*.py")) if "." in module or spec.submodule_search_locations else [origin]
+        files = {_shown(p): {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}
+    return {key: name, "files": files}
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when inside it (records stay the same across checkouts)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, masks, models, pruning
+from . import artifacts, generic, masks, models, pruning
 from .artifacts import ArtifactError
-from .config import STAGE_PARAMS, Config, ConfigError, predecessor
-from .data import load_prepared
+from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor
+from .data import CLASSES, SHAPES, load_prepared, sizes
 from .runtime import resolve_device
 from .training import train
 
@@ -51,6 +51,41 @@ def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
+def build_model(cfg: Config, seeds: list[int], io: tuple[int, tuple[int, ...]] | None = None) -> torch.nn.Module:
+    """The stack of `cfg.model.name` (a registry name or 'package.module:factory') for the data's classes and
+    input shape: `io`, else data.dataset's (a named dataset)."""
+    return models.build(cfg.model.name, seeds, *(io or (CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])))
+
+
+def own(cfg: Config) -> bool:
+    """Your own network or your own dataset: sizes recorded in init's metadata, a dry forward before training."""
+    return is_import_path(cfg.model.name) or is_import_path(cfg.data.dataset)
+
+
+def init_io(cfg: Config, runs: Path) -> tuple[int, tuple[int, ...]] | None:
+    """The classes and input shape init recorded (your own dataset's come from its data), else None."""
+    if not is_import_path(cfg.data.dataset):
+        return None
+    _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    return meta["num_classes"], tuple(meta["input_shape"])
+
+
+def dry_check(cfg: Config, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Your own network or dataset: a dry forward on one batch before any training."""
+    if own(cfg):
+        classes = sizes(data)[0] if is_import_path(cfg.data.dataset) else CLASSES[cfg.data.dataset]
+        generic.check(model, data["x_train"][: cfg.train.batch_size], data["y_train"], classes)
+
+
+def _io_meta(cfg: Config, io: tuple[int, tuple[int, ...]] | None) -> dict:
+    """What rebuilding your own network needs besides its name (ticket export) and what the rounds of your own
+    dataset build with: classes and input shape ({} for a registry network on a named dataset)."""
+    if not own(cfg):
+        return {}
+    classes, shape = io or (CLASSES[cfg.data.dataset], SHAPES[cfg.data.dataset])
+    return {"num_classes": classes, "input_shape": list(shape)}
+
+
 def rewind_point(cfg: Config) -> int:
     """k of θk, the iteration rounds rewind to (0 = θ0)."""
     return cfg.rewind.iteration if cfg.rewind.to == "iteration" else 0
@@ -63,10 +98,14 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     trained for `rewind.iteration` iterations (data from `data_path`).
     """
     seeds = trial_seeds(cfg)
-    model = models.build(cfg.model.name, seeds)
-    names = models.prunable(model)
+    prepared = load_prepared(data_path) if own(cfg) else None
+    io = sizes(prepared) if is_import_path(cfg.data.dataset) else None
+    model = build_model(cfg, seeds, io)
+    names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
     k = rewind_point(cfg)
+    if prepared is not None:  # bad input stops here, before any round trains
+        dry_check(cfg, model, prepared)
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device)
@@ -75,7 +114,8 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
         train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
               log=log, augment=cfg.data.augment)
-    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k))
+    artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k,
+                                                                 **_io_meta(cfg, io)))
     artifacts.save(out / "mask.pt", mask, _meta(cfg, "mask", "init"))
 
 
@@ -130,9 +170,11 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
         raise ConfigError(f"round {name} prunes {predecessor(cfg.prune, name)!r} under prune.schedule={cfg.prune.schedule}, "
                           f"not {prev!r}")
     seeds = trial_seeds(cfg)
-    reference = models.build(cfg.model.name, [0] * cfg.trials).state_dict()
-    one = models.build(cfg.model.name, [0])
-    names, kinds = models.prunable(one), models.kinds(one)
+    io = init_io(cfg, runs)
+    reference = build_model(cfg, [0] * cfg.trials, io).state_dict()
+    one = build_model(cfg, [0], io)
+    chosen = (cfg.prune.layers, cfg.prune.ignore)  # your own network's prune.layers / prune.ignore
+    names, kinds = models.prunable(one, *chosen), models.kinds(one, *chosen)
 
     theta0, _, init_meta = _load_round(cfg, runs, "init", reference, names)
     want_k = rewind_point(cfg)
@@ -165,7 +207,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
-    stack.model = models.build(cfg.model.name, stack.init_seeds)
+    stack.model = build_model(cfg, stack.init_seeds, io)
     state = stack.model.state_dict()
     stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
     for v in variants:
@@ -189,6 +231,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device)
     stack.model.to(device)
+    dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")

@@ -31,9 +31,12 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
     runs = Path(runs)
     theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights")
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
-    reference = models.build(model, [0] * len(seeds)).state_dict()
-    names = models.prunable(models.build(model, [0]))
+    io = {k: init_meta[k] for k in ("num_classes", "input_shape") if k in init_meta}  # your own network's sizes
+    reference = models.build(model, [0] * len(seeds), **io).state_dict()
     artifacts.check_like(runs / "init" / "model.pt", theta0, reference)
+    init_mask, _ = artifacts.load(runs / "init" / "mask.pt", "mask", {"model": model, "seeds": seeds})
+    names = [k for k in init_mask if k in reference]  # the prunable weights init chose (prune.layers / ignore)
+    artifacts.check_like(runs / "init" / "mask.pt", init_mask, {k: reference[k] for k in names})
     expect = {"model": model, "round": round_name, "seeds": seeds}
     trained, meta = artifacts.load(runs / round_name / "model.pt", "weights", expect)
     artifacts.check_like(runs / round_name / "model.pt", trained, reference)
@@ -50,7 +53,7 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
     kept = sum(int(m[trial].sum()) for m in mask.values())
     total = sum(m[trial].numel() for m in mask.values())
     artifacts.save(Path(path), tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
-                                         "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total})
+                                         "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total, **io})
 
 
 def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
@@ -58,7 +61,7 @@ def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
     if weights not in ("trained", "init"):
         raise ValueError(f"weights: {weights!r} is not allowed (trained or init)")
     tensors, meta = artifacts.load(Path(path), "ticket")
-    model = models.build(meta["model"], [0])
+    model = models.build(meta["model"], [0], **{k: meta[k] for k in ("num_classes", "input_shape") if k in meta})
     state = {k.split("/", 1)[1]: v.to_dense()[None] for k, v in tensors.items() if k.startswith(weights + "/")}
     model.load_state_dict(state)
     return Single(model).eval()

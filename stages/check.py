@@ -3,7 +3,8 @@
 Runs first, on every repro (always_changed), and imports no torch. A bad params.yaml fails here,
 naming the key, before any stage deletes its outputs; a raw file replaced or edited changes
 data/raw.json (path, size, sha256 of each file; mnist1d: generator version and arguments), so
-`prepare` reruns.
+`prepare` reruns. Your own network's source files (model.name 'package.module:factory') are
+digested likewise into data/code.json, on which the stages that build it depend.
 """
 import argparse
 import json
@@ -17,13 +18,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/raw.json")
+    ap.add_argument("--code", default="data/code.json", help="the source files of your own network, digested")
     args = ap.parse_args()
     cfg = config.load(args.params)
     record = raw.describe(cfg.data.dataset, cfg.data.root)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    what = f"{len(record['files'])} files" if "files" in record else "generator " + record["generator"]["version"]
+    code = raw.describe_code(cfg.model.name)
+    Path(args.code).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.code).write_text(json.dumps(code, indent=1, sort_keys=True) + "\n")
+    what = (f"{len(record['files'])} files" if "files" in record else f"loader, {len(record['code'])} source files"
+            if "code" in record else "generator " + record["generator"]["version"])
     print(f"[check] {args.params} valid; {cfg.data.dataset}: {what} -> {out}")
 
 
