@@ -265,3 +265,24 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
                          f"(layer collapse{'; empty: ' + ', '.join(empty) if empty else ''}); "
                          "raise prune.synflow_iterations or use prune.strategy: layerwise")
     return mask
+
+
+# ---------------------------------------------------------------- one round of pruning at initialization
+
+
+def prune_at_init(cfg: PruneConfig, model: nn.Module, mask: Mask, kinds: dict[str, str], k: int, batches,
+                  input_shape, gen: torch.Generator, want_scores: bool = False) -> tuple[Mask, dict | None]:
+    """Round k under `prune.at: init`: `mask` (dense) pruned straight to IMP's round-k counts by the criterion
+    scoring `model` (the rewind point); and, if `want_scores`, the scores the `invert` control ranks by
+    (SynFlow: its one-shot scores of the dense mask, since the ticket comes from 100 rescorings)."""
+    names = list(kinds)
+    goal = target(cfg, kinds, {n: m[0].numel() for n, m in mask.items()}, k, len(next(iter(mask.values()))))
+    if cfg.criterion == "synflow":
+        ticket = synflow(model, mask, names, input_shape, goal, cfg.synflow_iterations)
+        return ticket, (synflow_scores(model, mask, names, input_shape) if want_scores else None)
+    if cfg.criterion in ("snip", "grasp"):
+        score = (snip if cfg.criterion == "snip" else grasp)(model, mask, names, batches)
+    else:  # magnitude or random, of the rewind point
+        params = dict(model.named_parameters())
+        score = pruning.scores(cfg.criterion, {n: params[n].detach() for n in names}, {}, gen)
+    return prune_to(score, mask, goal), score
