@@ -104,7 +104,8 @@ class PruneConfig:
     chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
     at: str = _help("trained (score the previous round's trained ticket) or init (score the rewind point and prune "
                     "the dense mask straight to round K's planned counts, before any training)", "trained")
-    score_batches: int = _help("training batches SNIP and GraSP score on (the first of each trial's data order)", 10)
+    score_batches: int = _help("training batches SNIP and GraSP score on (the first of each trial's data order; 2 x 60 "
+                               "images: about the papers' 100)", 2)
     synflow_iterations: int = _help("SynFlow's pruning iterations per round (exponential schedule)", 100)
 
 
