@@ -4,6 +4,7 @@
 # project, overlaid by `python -m lottery.compare --plot`.
 #
 #   benchmarks/pai_figure.sh OUT_DIR [-S key=value ...]     e.g. -S train.iterations=1000 -S prune.rounds=8
+#   CONTROLS='[invert]' benchmarks/pai_figure.sh ...        fewer controls (default [reinit,random,invert])
 #
 # Needs dvc and the project's Python on PATH (`source .venv/bin/activate`); OUT_DIR/pai.png is the figure,
 # OUT_DIR/repo the experiment repository (`dvc exp show` there lists every run).
@@ -17,12 +18,12 @@ export PYTHONPATH=$PWD DVC_NO_ANALYTICS=1
 git init -q -b main && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm template
 python -m lottery.params >/dev/null
 git add params.yaml && git -c user.name=bench -c user.email=bench@localhost commit -qm params --allow-empty
-with_invert="controls=[reinit,random,invert]"
+with_invert="controls=${CONTROLS:-[reinit,random,invert]}"
 run() { local name=$1; shift; echo "== $name"; /usr/bin/time -f "$name: %e s" dvc exp run -n "$name" "$@" | grep -E "scored by|\] (ticket|reinit|random|invert):|^\[r[0-9]+\] trained"; }
 run imp     -S "$with_invert" "$@"
 run snip    -S prune.at=init -S prune.criterion=snip    -S "$with_invert" "$@"
 run grasp   -S prune.at=init -S prune.criterion=grasp   -S "$with_invert" "$@"
 run synflow -S prune.at=init -S prune.criterion=synflow -S "$with_invert" "$@"
-run random  -S prune.at=init -S prune.criterion=random  -S "controls=[reinit]" "$@"
+run random  -S prune.at=init -S prune.criterion=random  -S "$(echo "$with_invert" | sed 's/,\?invert//; s/\[,/[/')" "$@"
 python -m lottery.compare --plot "$out/pai.png" imp snip grasp synflow random
 dvc exp show --no-pager --csv > "$out/experiments.csv"
