@@ -1,12 +1,15 @@
-"""Mask overlap between two experiments' tickets at the same round (Jaccard per layer and trial).
+"""Mask overlap between two experiments' tickets at the same round (Jaccard per layer and trial), and
+several experiments' accuracy against weights remaining on one figure (e.g. IMP vs SNIP vs SynFlow).
 
     python -m lottery.compare <exp-or-rev-a> <exp-or-rev-b> --round r3
+    python -m lottery.compare --plot out.png <exp-or-rev> [<exp-or-rev> ...]
 
-Each side is a git revision or a DVC experiment name; its mask is read from the DVC cache.
+Each side is a git revision or a DVC experiment name; masks and metrics/rounds.csv are read from the DVC cache.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 import tempfile
@@ -29,23 +32,66 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
-    """The round's ticket mask in `rev`, loaded and checked by `artifacts.load` (from a temporary copy)."""
+def _read(rev: str, path: str, what: str) -> bytes:
+    """`path` of `rev` from git or the DVC cache; a one-line exit naming the revision or the file otherwise."""
     import dvc.api
     from dvc.exceptions import PathMissingError
     from dvc.scm import RevError
 
+    try:
+        return dvc.api.read(path, rev=rev, mode="rb")
+    except RevError:
+        raise SystemExit(f"error: '{rev}' is neither an experiment nor a git revision of this repository (dvc exp show lists them)")
+    except (FileNotFoundError, PathMissingError):  # dvc.api.read raises PathMissingError for a path it cannot find
+        raise SystemExit(f"error: {path} does not exist in '{rev}' ({what})") from None
+
+
+def read_rounds(rev: str):
+    """The tidy table metrics/rounds.csv of `rev` (one row per round x variant x trial)."""
+    import pandas as pd
+
+    df = pd.read_csv(io.BytesIO(_read(rev, "metrics/rounds.csv", "did its summarize stage run?")))
+    missing = [c for c in ("variant", "weights_remaining", "test_accuracy") if c not in df]
+    if missing:
+        raise SystemExit(f"error: metrics/rounds.csv in '{rev}' has no column {missing[0]!r}")
+    return df
+
+
+def plot(tables: dict, out: Path) -> Path:
+    """Test accuracy against weights remaining, one colour per experiment (label: name and criterion), the
+    ticket solid and each control dashed, mean and min/max band over trials; log x axis, sparsest right."""
+    from .summary import VARIANTS, _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    styles = {"ticket": "-", "reinit": "--", "random": ":", "invert": "-."}
+    for colour, (rev, df) in enumerate(tables.items()):
+        crit = f" ({df['criterion'].iloc[-1]}, at {df['at'].iloc[-1]})" if "criterion" in df else ""
+        for v in [v for v in VARIANTS if v in set(df["variant"])]:
+            g = df[df["variant"] == v].groupby("round")
+            s = g[["weights_remaining", "test_accuracy"]].mean().join(g["test_accuracy"].agg(["min", "max"]))
+            s = s.sort_values("weights_remaining", ascending=False)
+            ax.plot(s["weights_remaining"], s["test_accuracy"], styles[v], color=f"C{colour}", marker="o", ms=2.5,
+                    label=f"{rev}{crit}: {v}")
+            ax.fill_between(s["weights_remaining"], s["min"], s["max"], color=f"C{colour}", alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining (log)")
+    ax.set_ylabel("test accuracy at early stop (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2, title="mean, min-max over trials", title_fontsize=7)
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
+def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
+    """The round's ticket mask in `rev`, loaded and checked by `artifacts.load` (from a temporary copy)."""
     if not re.fullmatch(ROUND_NAME, round_name):
         raise SystemExit(f"error: --round {round_name!r} is not a round name of '{rev}' (r<digits>: r0 is dense, "
                          "r1 the first pruned round)")
     path = f"runs/{round_name}/mask.pt"
-    try:
-        blob = dvc.api.read(path, rev=rev, mode="rb")
-    except RevError:
-        raise SystemExit(f"error: '{rev}' is neither an experiment nor a git revision of this repository (dvc exp show lists them)")
-    except (FileNotFoundError, PathMissingError):  # dvc.api.read raises PathMissingError for a path it cannot find
-        raise SystemExit(f"error: round {round_name} is not in '{rev}': {path} does not exist there "
-                         f"(its prune.rounds is smaller, or it never ran that round)") from None
+    blob = _read(rev, path, f"round {round_name} is not in '{rev}': its prune.rounds is smaller, or it never ran that round")
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "mask.pt"
         copy.write_bytes(blob)
@@ -58,10 +104,16 @@ def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("a")
-    ap.add_argument("b")
-    ap.add_argument("--round", required=True, help="round to compare, e.g. r3")
+    ap.add_argument("revs", nargs="+", metavar="rev", help="experiment names or git revisions")
+    ap.add_argument("--round", help="round whose ticket masks to compare, e.g. r3 (two revisions)")
+    ap.add_argument("--plot", type=Path, metavar="OUT.png", help="overlay the revisions' accuracy curves in this image")
     args = ap.parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot({rev: read_rounds(rev) for rev in args.revs}, args.plot)}")
+        return
+    if len(args.revs) != 2 or not args.round:
+        ap.error("mask overlap needs exactly two revisions and --round (or --plot OUT.png for the accuracy figure)")
+    args.a, args.b = args.revs
     ja = jaccard(read_mask(args.a, args.round), read_mask(args.b, args.round))
     print(f"Jaccard overlap of the {args.round} ticket masks, {args.a} vs {args.b}")
     for layer, values in ja.items():

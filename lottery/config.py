@@ -32,10 +32,12 @@ MODELS = tuple(MODEL_DATASETS)
 OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("layerwise", "global")
 SCHEDULES = ("iterative", "oneshot")
-CRITERIA = ("magnitude", "random", "magnitude_increase")
+CRITERIA = ("magnitude", "random", "magnitude_increase", "snip", "grasp", "synflow")
+PAI_CRITERIA = ("snip", "grasp", "synflow")  # score the rewind point before training: prune.at: init only
+PRUNE_AT = ("trained", "init")
 KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
-CONTROLS = ("reinit", "random")
+CONTROLS = ("reinit", "random", "invert")
 DEVICES = ("cpu", "cuda", "auto")
 ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
@@ -105,7 +107,8 @@ class PruneConfig:
     conv_rate: float | None = _help("rate of convolutional layers (null = `rate`)", None)
     output_rate: float | None = _help("rate of the output layer (null = half of `rate`)", None)
     global_kinds: list[str] = _help("layer kinds ranked together by the global strategy, at `rate`", ["conv"])
-    criterion: str = _help("what is kept: magnitude (|w| trained), magnitude_increase (|w| - |w0|), random", "magnitude")
+    criterion: str = _help("what is kept: magnitude (|w|), magnitude_increase (|w| - |w0|), random; with `at: init` "
+                           "also snip, grasp, synflow (pruning at initialization)", "magnitude")
     schedule: str = _help("iterative (prune the previous round) or oneshot (prune r0 straight to round K's sparsity)", "iterative")
     rounds: int = _help(f"pruning rounds after the dense round r0, at most {MAX_ROUNDS}", 15)
     chain: dict[str, str] = _help("round -> the round it prunes; generated from `rounds` and `schedule` (conf/)", {})
@@ -114,6 +117,11 @@ class PruneConfig:
     ignore: list[str] = _help("your own network: glob patterns on parameter names never pruned", [])
     layer_rates: dict[str, float] = _help("glob pattern on a prunable weight's name -> its rate per round, in [0, 1), "
                                           "instead of its kind's rate (the first matching pattern wins)", {})
+    at: str = _help("trained (score the previous round's trained ticket) or init (score the rewind point and prune "
+                    "the dense mask straight to round K's planned counts, before any training)", "trained")
+    score_batches: int = _help("training batches SNIP and GraSP score on (the first of each trial's data order; 2 x 60 "
+                               "images: about the papers' 100)", 2)
+    synflow_iterations: int = _help("SynFlow's pruning iterations per round (exponential schedule)", 100)
 
 
 @dataclass
@@ -132,7 +140,8 @@ class SummaryConfig:
 class Config:
     seed: int = _help("base seed; trial t uses seed + t", 0)
     trials: int = _help("independent trials (init and data order) per variant", 2)
-    controls: list[str] = _help("controls trained beside each ticket: reinit, random", ["reinit", "random"])
+    controls: list[str] = _help("controls trained beside each ticket: reinit, random (= shuffle), invert (the lowest "
+                                "scores at the ticket's per-layer counts)", ["reinit", "random"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -200,7 +209,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore"],
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
-              "prune.layer_rates", "rewind"],
+              "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind"],
     "summarize": ["prune.rounds", "summary"],
 }
 
@@ -325,6 +334,7 @@ def validate(cfg: Config) -> Config:
         _check(kind in KINDS, f"prune.global_kinds[{i}]", kind, "one of " + ", ".join(KINDS))
     _check(p.criterion in CRITERIA, "prune.criterion", p.criterion, "one of " + ", ".join(CRITERIA))
     _check(p.schedule in SCHEDULES, "prune.schedule", p.schedule, "one of " + ", ".join(SCHEDULES))
+    _check_pai(cfg)
     _check(0 <= p.rounds <= MAX_ROUNDS, "prune.rounds", p.rounds, f"an integer in [0, {MAX_ROUNDS}]")
     _prune_layers(p, cfg.model.name)
     for key, prev in p.chain.items():  # names reach DVC's templated stage commands: r<digits> only
@@ -345,6 +355,22 @@ def validate(cfg: Config) -> Config:
     _check(0 < r.finetune_lr < math.inf, "rewind.finetune_lr", r.finetune_lr, "a finite number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
     return cfg
+
+
+def _check_pai(cfg: Config) -> None:
+    """Pruning at initialization: the keys that only make sense together."""
+    p = cfg.prune
+    _check(p.at in PRUNE_AT, "prune.at", p.at, "one of " + ", ".join(PRUNE_AT))
+    _check(p.criterion not in PAI_CRITERIA or p.at == "init", "prune.criterion", p.criterion,
+           f"{p.criterion} scores the rewind point before training: it needs prune.at: init, not {p.at!r}")
+    _check(p.criterion != "magnitude_increase" or p.at == "trained", "prune.criterion", p.criterion,
+           "|w| - |w0| is 0 at the rewind point: it needs prune.at: trained")
+    _check("invert" not in cfg.controls or p.criterion != "random", "controls", cfg.controls,
+           "invert keeps the lowest scores: it has no meaning with prune.criterion: random")
+    _check(p.at == "trained" or cfg.rewind.to in ("init", "iteration"), "prune.at", p.at,
+           f"pruning at initialization trains from the rewind point: rewind.to init or iteration, not {cfg.rewind.to!r}")
+    _check(p.score_batches >= 1, "prune.score_batches", p.score_batches, "an integer >= 1")
+    _check(p.synflow_iterations >= 1, "prune.synflow_iterations", p.synflow_iterations, "an integer >= 1")
 
 
 def from_dict(raw: dict) -> Config:

@@ -65,10 +65,18 @@ def planned_kept(cfg: PruneConfig, kinds: dict[str, str], dense: dict[str, int],
     """(layers, weights kept) of each group after round k, from the dense counts per layer.
 
     Iterative: the count rule applied round by round; one-shot: one step from the dense round.
+    Raises, naming the group, where a round would remove every weight the group has left.
     """
+    pooled = plan(cfg, kinds, 1).pooled
     kept_ = [(layers, sum(dense[n] for n in layers)) for layers, _ in plan(cfg, kinds, 1).groups()]
     for j in (range(1, k + 1) if cfg.schedule == "iterative" else [k]):
-        kept_ = [(layers, n - n_to_prune(rate, n)) for (layers, n), (_, rate) in zip(kept_, plan(cfg, kinds, j).groups())]
+        step = []
+        for (layers, n), (_, rate) in zip(kept_, plan(cfg, kinds, j).groups()):
+            if n_to_prune(rate, n) >= n > 0:
+                what = f"layers {', '.join(layers)} together" if layers == pooled else f"layer '{layers[0]}'"
+                raise PruningError(f"pruning {what} at rate {rate} would remove all its {n} weights at round {j}")
+            step.append((layers, n - n_to_prune(rate, n)))
+        kept_ = step
     return kept_
 
 

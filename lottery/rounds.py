@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, generic, masks, models, pruning
+from . import artifacts, generic, masks, models, pruning, saliency
 from .artifacts import ArtifactError
 from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor
 from .data import CLASSES, SHAPES, load_prepared, sizes
 from .runtime import resolve_device
-from .training import train
+from .training import Orders, train
 
 
 def trial_seeds(cfg: Config) -> list[int]:
@@ -163,8 +163,10 @@ class Stack:
         return slice(j, j + self.trials) if trial is None else j + trial
 
 
-def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
-    """Prune the previous round's ticket and rewind: the ticket and every control, ready to train."""
+def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None = None, log=print) -> Stack:
+    """Prune the previous round's ticket and rewind: the ticket and every control, ready to train.
+
+    `data` (load_prepared): the batches SNIP and GraSP score, the input shape of SynFlow (prune.at: init)."""
     k = round_index(name)
     if predecessor(cfg.prune, name) != prev:
         raise ConfigError(f"round {name} prunes {predecessor(cfg.prune, name)!r} under prune.schedule={cfg.prune.schedule}, "
@@ -184,14 +186,13 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     prev_weights, prev_mask, _ = _load_round(cfg, runs, prev, reference, names)
     _check_kept(cfg, runs / prev / "mask.pt", prev_mask, kinds, prev)
 
-    # Prune the trained ticket of the round named by the chain (round 0 prunes nothing).
-    ticket_mask = prev_mask
+    # Prune the trained ticket of the round named by the chain (round 0 prunes nothing); prune.at: init
+    # prunes the rewind point instead, and ignores the previous round's weights.
+    ticket_mask, inverted = prev_mask, None
     if k > 0:
-        plan = pruning.plan(cfg.prune, kinds, k)
-        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", name))
-        score = pruning.scores(cfg.prune.criterion, {n: prev_weights[n] for n in names}, theta0, gen)
-        ticket_mask = pruning.prune(score, prev_mask, plan)
-        pruning.check(plan, ticket_mask, prev_mask)
+        ticket_mask, inverted = _prune(cfg, name, kinds, theta0, prev_weights, prev_mask, data, log)
+        if cfg.prune.at == "init":
+            _check_kept(cfg, runs / name / "mask.pt", ticket_mask, kinds, name)
 
     variants = ["ticket"] + (list(cfg.controls) if k > 0 else [])
     stack = Stack(variants, cfg.trials, names, ticket_mask, start=want_k,
@@ -218,6 +219,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
         net_mask = ticket_mask
         if v == "random":
             net_mask = pruning.random_like(ticket_mask, torch.Generator().manual_seed(stack.mask_seeds[rows][0]))
+        if v == "invert":
+            net_mask = inverted
         for key in names:
             stack.mask[key][rows] = net_mask[key]
     stack.model.load_state_dict(state)
@@ -225,11 +228,49 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path) -> Stack:
     return stack
 
 
+def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, prev_mask: masks.Mask,
+           data: dict | None, log) -> tuple[masks.Mask, masks.Mask | None]:
+    """Round `name`'s ticket mask and the `invert` control's (None unless in `controls`).
+
+    prune.at: trained prunes the previous ticket by its trained weights' scores; prune.at: init scores the
+    rewind point θ0/θk (`init`) and prunes the dense mask straight to the round's planned counts.
+    `invert` keeps the lowest of the same scores among the same mask, at the ticket's per-layer counts."""
+    p, k, names = cfg.prune, round_index(name), list(kinds)
+    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", name))
+    if p.at == "trained":
+        plan = pruning.plan(p, kinds, k)
+        score = pruning.scores(p.criterion, {n: prev_weights[n] for n in names}, theta0, gen)
+        ticket = pruning.prune(score, prev_mask, plan)
+        pruning.check(plan, ticket, prev_mask)
+        base = prev_mask
+    else:
+        needs_data = p.criterion in ("snip", "grasp", "synflow")
+        if needs_data and data is None:
+            raise ConfigError(f"prune.criterion: {p.criterion} needs the prepared data to score round {name}")
+        model = models.build(cfg.model.name, trial_seeds(cfg))
+        model.load_state_dict(theta0)
+        base = {n: torch.ones_like(m) for n, m in prev_mask.items()}
+        t0 = time.perf_counter()
+        ticket, score = saliency.prune_at_init(p, model, base, kinds, k, _score_batches(cfg, data) if needs_data else [],
+                                               data["x_train"].shape[1:] if needs_data else None, gen,
+                                               "invert" in cfg.controls)
+        log(f"[{name}] scored by {p.criterion} in {time.perf_counter() - t0:.2f}s")
+    inverted = saliency.invert(score, base, masks.kept(ticket)) if "invert" in cfg.controls else None
+    return ticket, inverted
+
+
+def _score_batches(cfg: Config, data: dict) -> list:
+    """The first `prune.score_batches` training batches of each trial's data order (seed + t), on the CPU."""
+    x, y = data["x_train"].cpu(), data["y_train"].cpu()
+    orders = Orders(trial_seeds(cfg), len(x), cfg.train.batch_size, torch.device("cpu"), False)
+    return [orders.gather(x, y, orders.next_batch()) for _ in range(cfg.prune.score_batches)]
+
+
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
-    stack = build_stack(cfg, name, prev, runs)
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device)
+    stack = build_stack(cfg, name, prev, runs, data, log)
     stack.model.to(device)
     dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
@@ -279,7 +320,8 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
         "min_val_loss": round(result.min_val_loss[i], 6),
     } for v, t, i in order]
-    metrics = {"round": name, "index": round_index(name), "networks": networks}
+    metrics = {"round": name, "index": round_index(name), "criterion": cfg.prune.criterion, "at": cfg.prune.at,
+               "networks": networks}
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     log_curves(out / "live", order, result.curve)
     return metrics

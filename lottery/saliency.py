@@ -21,8 +21,7 @@ init; the paper's code takes |.| of them, the same thing at init), BatchNorm wei
 Only the weights named in `names` (models.prunable: conv and linear) are scored; biases and BatchNorm
 never are.
 
-Counts: `imp_target` gives the kept counts IMP's round K reaches (pruning.n_to_prune applied K times,
-the only call into pruning.py), `prune_to` reaches such counts exactly from any scores, with
+Counts: `target` gives the kept counts IMP's round K reaches (pruning.planned_kept), `prune_to` reaches such counts exactly from any scores, with
 pruning.prune's choice (lowest first, ties by position; tested equal) in O(n) instead of a sort:
 SynFlow prunes 100 times per round.
 """
@@ -36,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import masks, pruning
+from .config import PruneConfig
 from .masks import Mask
+from .pruning import PruningError
 
 
 @dataclass
@@ -51,27 +52,17 @@ class Target:
 # ---------------------------------------------------------------- counts
 
 
-def imp_target(mask: Mask, rates: dict[str, float], pooled: list[str] = (), pooled_rate: float = 0.0,
-               rounds: int = 1) -> Target:
-    """What `rounds` iterative rounds of pruning.prune(score, mask, rates, pooled, pooled_rate) keep."""
-    kept = masks.kept(mask)
+def target(cfg: PruneConfig, kinds: dict[str, str], dense: dict[str, int], k: int, n: int) -> Target:
+    """The counts round k of IMP keeps (pruning.planned_kept, the one home of the count rule), for n networks.
 
-    def after(n: torch.Tensor, rate: float, what: str) -> torch.Tensor:
-        out = []
-        for c in n.tolist():
-            for r in range(rounds):
-                drop = pruning.n_to_prune(rate, c)
-                if drop >= c > 0:
-                    raise ValueError(f"pruning {what} at rate {rate} would remove all its {c} weights at round {r + 1}")
-                c -= drop
-            out.append(c)
-        return torch.tensor(out, dtype=torch.int64)
-
-    layers = {k: after(n, rates[k], f"layer '{k}'") for k, n in kept.items() if k not in pooled}
-    if not pooled:
-        return Target(layers)
-    total = sum(kept[k] for k in pooled)
-    return Target(layers, list(pooled), after(total, pooled_rate, f"layers {', '.join(pooled)} together"))
+    A group of one layer is that layer's own count (a pooled group of one layer is the same count)."""
+    layers, pooled, total = {}, [], None
+    for group, kept in pruning.planned_kept(cfg, kinds, dense, k):
+        if len(group) == 1 and group != pruning.plan(cfg, kinds, 1).pooled:
+            layers[group[0]] = torch.full((n,), kept, dtype=torch.int64)
+        else:
+            pooled, total = list(group), torch.full((n,), kept, dtype=torch.int64)
+    return Target(layers, pooled, total)
 
 
 def _keep_top(score: torch.Tensor, keep: torch.Tensor, n_keep: torch.Tensor, what: str) -> torch.Tensor:
@@ -81,7 +72,7 @@ def _keep_top(score: torch.Tensor, keep: torch.Tensor, n_keep: torch.Tensor, wha
     have = keep.sum(1)
     bad = torch.nonzero((n_keep <= 0) | (n_keep > have)).flatten().tolist()
     if bad:
-        raise ValueError(f"{what}: cannot keep {int(n_keep[bad[0]])} of its {int(have[bad[0]])} weights")
+        raise PruningError(f"{what}: cannot keep {int(n_keep[bad[0]])} of its {int(have[bad[0]])} weights")
     n_drop = have - n_keep
     t = torch.full((len(score),), float("-inf"), dtype=score.dtype)
     if bool((have == have[0]).all() & (n_drop == n_drop[0]).all()):  # the usual case: one batched selection
@@ -128,7 +119,7 @@ def invert(score: dict[str, torch.Tensor], mask: Mask, counts: dict[str, torch.T
 def _masked_copy(model: nn.Module, mask: Mask, names: list[str], batches) -> tuple[nn.Module, list[torch.Tensor]]:
     """A float64 train-mode copy of the stack with the mask applied, and its weights named in `names`."""
     if not batches:
-        raise ValueError("prune.score_batches: no batch to score on (at least 1)")
+        raise PruningError("prune.score_batches: no batch to score on (at least 1)")
     net = copy.deepcopy(model).double().train()
     masks.apply(net, mask)
     net.zero_grad(set_to_none=True)
@@ -225,10 +216,10 @@ def _synflow(net: nn.Module, weights: dict[str, torch.Tensor], mask: Mask, input
     for k in weights:
         p = params[k]
         if p.grad is None:
-            raise ValueError(f"synflow: layer '{k}' gets no gradient from the all-ones input; it cannot be scored")
+            raise PruningError(f"synflow: layer '{k}' gets no gradient from the all-ones input; it cannot be scored")
         out[k] = p.grad.mul_(p).abs_()
         if not torch.isfinite(out[k].sum()):  # scores are >= 0: an inf or nan anywhere shows in the sum
-            raise ValueError(f"synflow: layer '{k}' has non-finite scores (the product of |θ| overflows float64)")
+            raise PruningError(f"synflow: layer '{k}' has non-finite scores (the product of |θ| overflows float64)")
     return out
 
 
@@ -255,7 +246,7 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
     empty: the identity still carries the flow.
     """
     if iterations < 1:
-        raise ValueError(f"prune.synflow_iterations: {iterations} is not allowed (an integer >= 1)")
+        raise PruningError(f"prune.synflow_iterations: {iterations} is not allowed (an integer >= 1)")
     net = _linearized(model)
     params = dict(net.named_parameters())
     abs_w = {k: params[k].detach().clone() for k in names}
@@ -270,7 +261,28 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
     dead = torch.nonzero(flow <= 0).flatten().tolist()
     if dead:
         empty = [k for k, n in masks.kept(mask).items() if int(n[dead[0]]) == 0]
-        raise ValueError(f"synflow: after {iterations} steps network {dead[0]} has no path from input to output "
+        raise PruningError(f"synflow: after {iterations} steps network {dead[0]} has no path from input to output "
                          f"(layer collapse{'; empty: ' + ', '.join(empty) if empty else ''}); "
                          "raise prune.synflow_iterations or use prune.strategy: layerwise")
     return mask
+
+
+# ---------------------------------------------------------------- one round of pruning at initialization
+
+
+def prune_at_init(cfg: PruneConfig, model: nn.Module, mask: Mask, kinds: dict[str, str], k: int, batches,
+                  input_shape, gen: torch.Generator, want_scores: bool = False) -> tuple[Mask, dict | None]:
+    """Round k under `prune.at: init`: `mask` (dense) pruned straight to IMP's round-k counts by the criterion
+    scoring `model` (the rewind point); and, if `want_scores`, the scores the `invert` control ranks by
+    (SynFlow: its one-shot scores of the dense mask, since the ticket comes from 100 rescorings)."""
+    names = list(kinds)
+    goal = target(cfg, kinds, {n: m[0].numel() for n, m in mask.items()}, k, len(next(iter(mask.values()))))
+    if cfg.criterion == "synflow":
+        ticket = synflow(model, mask, names, input_shape, goal, cfg.synflow_iterations)
+        return ticket, (synflow_scores(model, mask, names, input_shape) if want_scores else None)
+    if cfg.criterion in ("snip", "grasp"):
+        score = (snip if cfg.criterion == "snip" else grasp)(model, mask, names, batches)
+    else:  # magnitude or random, of the rewind point
+        params = dict(model.named_parameters())
+        score = pruning.scores(cfg.criterion, {n: params[n].detach() for n in names}, {}, gen)
+    return prune_to(score, mask, goal), score

@@ -17,7 +17,8 @@ COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
     "early_stop_iteration", "test_accuracy", "final_test_accuracy", "min_val_loss",
 ]
-VARIANTS = ["ticket", "reinit", "random"]
+RUN_COLUMNS = ["criterion", "at"]  # how the round pruned (prune.criterion, prune.at), from its metrics.json
+VARIANTS = ["ticket", "reinit", "random", "invert"]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
 # The dense network "did not train" when its mean test accuracy is at most chance (100/C %) plus this many
@@ -62,9 +63,10 @@ def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFr
     for name in round_names:
         m = _read(Path(runs) / name / "metrics.json")
         for n in m["networks"]:
-            rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"]})
+            rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
+                         "criterion": m.get("criterion", "magnitude"), "at": m.get("at", "trained")})
         curves.append(read_curves(Path(runs) / name / "live").assign(round=name, index=m["index"]))
-    return pd.DataFrame(rows, columns=COLUMNS), pd.concat(curves, ignore_index=True)
+    return pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS), pd.concat(curves, ignore_index=True)
 
 
 def read_curves(folder: Path) -> pd.DataFrame:
@@ -125,6 +127,9 @@ def headline(df: pd.DataFrame, tolerance: float, classes: int | None = None) -> 
     dense_acc, dense_es = float(_dense(mean)["test_accuracy"]), float(_dense(mean)["early_stop_iteration"])
     out: dict = {"dense": {"test_accuracy": round(dense_acc, 4), "early_stop_iteration": round(dense_es, 1)}}
     trained = dense_trained(dense_acc, classes)
+    pruned = df[df["index"] > 0] if "criterion" in df else df.iloc[:0]
+    if len(pruned):  # how the tickets were pruned (rounds >= 1; the dense round prunes nothing)
+        out["criterion"], out["at"] = str(pruned["criterion"].iloc[0]), str(pruned["at"].iloc[0])
     out["rounds"] = {}
     for _, r in mean[mean["variant"] == "ticket"].iterrows():
         entry = {k: round(float(r[k]), 4) for k in ROUND_KEYS}
@@ -317,7 +322,8 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
         "",
         f"Dense test accuracy: **{summary['dense']['test_accuracy']:.2f}%** "
         f"(early stop at iteration {summary['dense']['early_stop_iteration']:.0f}), "
-        f"{df['trial'].nunique()} trial(s).",
+        f"{df['trial'].nunique()} trial(s). Tickets pruned by **{summary.get('criterion', 'magnitude')}** "
+        f"(prune.at: {summary.get('at', 'trained')}).",
         "",
         f"Winning-ticket verdict: **{summary['verdict']}**.",
         "",

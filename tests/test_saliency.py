@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery import masks, models, pruning, saliency
+from lottery.config import PruneConfig
 from lottery.saliency import Target
 
 
@@ -38,6 +39,13 @@ def random_mask(model: nn.Module, density: float = 0.7, seed: int = 1) -> masks.
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
     return {k: torch.rand(params[k].shape, generator=gen) < density for k in models.prunable(model)}
+
+
+def imp_counts(model: nn.Module, rate: float, rounds: int, **prune) -> Target:
+    """saliency.target of IMP's round `rounds` at `rate` for every layer (the output layer too)."""
+    dense = {k: p[0].numel() for k, p in model.named_parameters() if k in models.prunable(model)}
+    cfg = PruneConfig(rate=rate, output_rate=rate, **prune)
+    return saliency.target(cfg, models.kinds(model), dense, rounds, models.n_networks(model))
 
 
 def kept_part(score: dict[str, torch.Tensor], mask: masks.Mask) -> dict[str, torch.Tensor]:
@@ -211,7 +219,7 @@ def test_synflow_leaves_the_model_untouched():
     names = models.prunable(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     mask = masks.ones(model, names)
-    target = saliency.imp_target(mask, {k: 0.2 for k in names}, rounds=3)
+    target = imp_counts(model, 0.2, 3)
     got = saliency.synflow(model, mask, names, (2, 4, 4), target, 10)
     assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
     for k, v in model.state_dict().items():
@@ -269,7 +277,7 @@ def test_stacked_scores_equal_each_network_alone(build, shape):
     names = models.prunable(stack)
     mask = random_mask(stack, 0.8)
     data = batches(shape, n=3)
-    target = saliency.imp_target(mask, {k: 0.3 for k in names}, rounds=2)
+    target = imp_counts(stack, 0.3, 2)
     scored = {f: f(stack, mask, names, data) for f in (saliency.snip, saliency.grasp)}
     flow = saliency.synflow(stack, mask, names, shape, target, 5)
     for i, s in enumerate(seeds):
@@ -302,7 +310,7 @@ def test_scores_are_deterministic_for_a_seed_even_with_dropout():
         torch.rand(5)  # a different global RNG state
         second = f(build(), mask, names, data)
         assert all(torch.equal(first[k], second[k]) for k in names)
-    target = saliency.imp_target(mask, {k: 0.5 for k in names}, rounds=2)
+    target = imp_counts(build(), 0.5, 2)
     a = saliency.synflow(build(), mask, names, (1, 4, 4), target, 7)
     b = saliency.synflow(build(), mask, names, (1, 4, 4), target, 7)
     assert all(torch.equal(a[k], b[k]) for k in names)
@@ -344,7 +352,8 @@ def test_pruning_at_init_to_round_k_keeps_imp_round_k_counts(strategy):
     for _ in range(15):
         imp = pruning.prune({k: torch.rand(m.shape, generator=gen, dtype=torch.float64) for k, m in imp.items()},
                             imp, pruning.Plan(rates, pooled, 0.2))
-    target = saliency.imp_target(masks.ones(model, names), rates, pooled, 0.2, rounds=15)
+    target = saliency.target(PruneConfig(strategy=strategy, global_kinds=["fc"]), models.kinds(model),
+                             {k: m[0].numel() for k, m in imp.items()}, 15, 1)
     score = {k: torch.rand(m.shape, generator=gen, dtype=torch.float64) for k, m in imp.items()}
     pai = saliency.prune_to(score, masks.ones(model, names), target)
     want, got = masks.kept(imp), masks.kept(pai)
@@ -392,4 +401,4 @@ def test_bad_counts_give_clear_errors():
     with pytest.raises(ValueError, match=r"prune.score_batches: no batch to score on"):
         saliency.snip(model, mask, names, [])
     with pytest.raises(ValueError, match=r"pruning layer 'layers.1.weight' at rate 0.5 would remove all its 1 weights at round 3"):
-        saliency.imp_target(mask, {k: 0.5 for k in names}, rounds=3)
+        imp_counts(model, 0.5, 3)
