@@ -39,6 +39,7 @@ CONTROLS = ("reinit", "random")
 DEVICES = ("cpu", "cuda", "auto")
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
+BN_MODES = ("interpolate", "recompute")  # instability.bn (lottery.instability uses this table)
 
 
 class LotteryError(Exception):
@@ -114,6 +115,16 @@ class SummaryConfig:
 
 
 @dataclass
+class InstabilityConfig:
+    enabled: bool = _help("train a second copy of every ticket (own data order) and measure linear mode connectivity", False)
+    points: int = _help("points on the line between the two copies, both ends included (>= 2)", 30)
+    threshold: float = _help("instability (pp of error) at or below which a ticket is stable", 2.0)
+    train_subset: int = _help("training examples (fixed by seed) evaluated along the line, besides the test set", 5000)
+    bn: str = _help("BatchNorm statistics along the line: interpolate or recompute", "interpolate")
+    bn_batches: int = _help("batches of train.batch_size that re-estimate BatchNorm at each point (bn: recompute)", 20)
+
+
+@dataclass
 class Config:
     seed: int = _help("base seed; trial t uses seed + t", 0)
     trials: int = _help("independent trials (init and data order) per variant", 2)
@@ -124,6 +135,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     rewind: RewindConfig = field(default_factory=RewindConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
+    instability: InstabilityConfig = field(default_factory=InstabilityConfig)
 
     def section_digest(self, *sections: str) -> str:
         """Short digest of the named sections, recorded in artifact metadata."""
@@ -270,7 +282,23 @@ def validate(cfg: Config) -> Config:
     _check(r.to == "iteration" or r.iteration == 0, "rewind.iteration", r.iteration, "0 unless rewind.to is 'iteration'")
     _check(0 < r.finetune_lr < math.inf, "rewind.finetune_lr", r.finetune_lr, "a finite number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
+    _validate_instability(cfg)
     return cfg
+
+
+def _validate_instability(cfg: Config) -> None:
+    i = cfg.instability
+    _check(i.points >= 2, "instability.points", i.points, "an integer >= 2: the two endpoints at least")
+    _check(0 <= i.threshold < math.inf, "instability.threshold", i.threshold, "a finite number >= 0")
+    _check(i.train_subset >= 1, "instability.train_subset", i.train_subset, "an integer >= 1")
+    _check(i.bn in BN_MODES, "instability.bn", i.bn, "one of " + ", ".join(BN_MODES))
+    _check(i.bn_batches >= 1, "instability.bn_batches", i.bn_batches, "an integer >= 1")
+    if i.bn == "recompute":
+        _check(i.bn_batches * cfg.train.batch_size <= i.train_subset, "instability.bn_batches", i.bn_batches,
+               f"bn_batches x train.batch_size={cfg.train.batch_size} must fit in instability.train_subset={i.train_subset}")
+    if i.enabled:  # two copies of a ticket start from the same rewind point: undefined when training starts trained
+        _check(cfg.rewind.to in ("init", "iteration"), "instability.enabled", i.enabled,
+               f"undefined with rewind.to={cfg.rewind.to!r}; use rewind.to init or iteration")
 
 
 def from_dict(raw: dict) -> Config:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import models
-from .config import ConfigError
+from .config import BN_MODES, ConfigError
 from .masks import Mask
 from .training import evaluate
 
@@ -39,7 +39,6 @@ STABLE = 2.0  # instability (percentage points) at or below which a network is s
 # of a 10,000-example test set; and it is the size of the validation split.
 TRAIN_SUBSET = 5000
 BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
-BN_MODES = ("interpolate", "recompute")
 # Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
 # examples, 1 thread, best of 3) stacks of 30 took 13.2 s, of 60 24.9 s: the first layer's output
 # of 60 networks for 1,000 examples is 72 MB, allocated and page-faulted in again for every batch.
