@@ -266,6 +266,9 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
             h = summary[v]
             lines.append(f"| {v} | {h['smallest_winning_weights_remaining']} | {h['max_early_stop_speedup']:.2f}x "
                          f"| {h['max_accuracy_gain']:+.2f} |")
+    if "instability" in summary:
+        lines += ["", f"Instability: the ticket's mean test instability stays at or below the threshold down to "
+                  f"**{summary['instability']['sparsest_stable_weights_remaining']}%** of the weights remaining."]
     lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import sys
 
 import pandas as pd
 import pytest
@@ -169,7 +169,7 @@ def test_instability_summary_headline_csv_and_figures(tmp_path):
 
 def test_instability_runs_through_dvc(repo):
     repo.run("sed", "-i", "s/^  enabled: false/  enabled: true/", "conf/config.yaml")
-    repo.run(shutil.which("python") or "python", "-m", "lottery.params")
+    repo.run(sys.executable, "-m", "lottery.params")
     out = repo.dvc("repro")
     done = ran(out.stdout)
     assert "prepare" not in done and "init" not in done and "summarize" in done
@@ -184,3 +184,26 @@ def test_instability_runs_through_dvc(repo):
     assert (repo.path / "metrics" / "instability.png").exists() and (repo.path / "metrics" / "interpolation.png").exists()
     assert "instability.png" in (repo.path / "metrics" / "report.md").read_text()
     assert ran(repo.dvc("repro").stdout) == []
+    repo.commit("instability on")
+    study = repo.run(sys.executable, "-m", "lottery.instability", "HEAD", "--round", "r2", "--out", "study.png")
+    line = study.stdout.splitlines()[1].split()
+    assert line[:2] == ["HEAD", "0"] and float(line[2]) == pytest.approx(s["instability"]["rounds"]["r0"]["ticket_instability"], abs=0.01)
+    assert (repo.path / "study.png").read_bytes()[:4] == b"\x89PNG"
+    bad = repo.run(sys.executable, "-m", "lottery.instability", "HEAD~1", check=False)
+    assert bad.returncode == 2 and "has no instability" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rewind_study_rows_sorted_by_k(tmp_path):
+    files = {}
+    for exp, k, inst in [("a", 500, [3.0, 5.0]), ("b", 0, [10.0, 20.0])]:
+        files[exp, "params.yaml"] = f"rewind:\n  to: iteration\n  iteration: {k}\n"
+        for name, rem in (("r0", 100.0), ("r3", 51.2)):
+            files[exp, f"runs/{name}/metrics.json"] = json.dumps({
+                "networks": [{"variant": "ticket", "weights_remaining": rem, "test_accuracy": 80.0 + t} for t in (0, 1)],
+                "instability": {"trials": [{"test_instability": x} for x in inst]}})
+    rows = instability.study_rows(["a", "b"], "r3", lambda e, p: files[e, p])
+    assert [(r["exp"], r["k"]) for r in rows] == [("b", 0), ("a", 500)]
+    assert rows[1]["ticket"] == {"round": "r3", "weights_remaining": 51.2, "instability": 4.0, "min": 3.0, "max": 5.0,
+                                 "test_accuracy": 80.5}
+    instability.study_figure(rows, tmp_path / "k.png")
+    assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG"
