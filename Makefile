@@ -39,3 +39,4 @@ test: setup
 bench: setup
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/presets.py
+	$(PY) benchmarks/instability.py
