@@ -40,3 +40,4 @@ bench: setup
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/presets.py
 	$(PY) benchmarks/generic.py
+	$(PY) benchmarks/instability.py

@@ -48,6 +48,7 @@ IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_
 def is_import_path(name: str) -> bool:
     """Whether a model.name is a user factory 'package.module:callable' (not a registry name); syntax only."""
     return ":" in name
+BN_MODES = ("interpolate", "recompute")  # instability.bn (lottery.instability uses this table)
 
 
 class LotteryError(Exception):
@@ -137,6 +138,16 @@ class SummaryConfig:
 
 
 @dataclass
+class InstabilityConfig:
+    enabled: bool = _help("train a second copy of every ticket (own data order) and measure linear mode connectivity", False)
+    points: int = _help("points on the line between the two copies, both ends included (>= 2)", 30)
+    threshold: float = _help("instability (pp of error) at or below which a ticket is stable", 2.0)
+    train_subset: int = _help("training examples (fixed by seed) evaluated along the line, besides the test set", 5000)
+    bn: str = _help("BatchNorm statistics along the line: interpolate or recompute", "interpolate")
+    bn_batches: int = _help("batches of train.batch_size that re-estimate BatchNorm at each point (bn: recompute)", 20)
+
+
+@dataclass
 class Config:
     seed: int = _help("base seed; trial t uses seed + t", 0)
     trials: int = _help("independent trials (init and data order) per variant", 2)
@@ -148,6 +159,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     rewind: RewindConfig = field(default_factory=RewindConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
+    instability: InstabilityConfig = field(default_factory=InstabilityConfig)
 
     def value(self, key: str) -> Any:
         """The value of a dotted params key (`train.lr`) or a whole section (`rewind`), as plain data."""
@@ -206,10 +218,11 @@ STAGE_PARAMS: dict[str, list[str]] = {
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
              "train.lr_gamma", "train.device", "train.precision", "prune.layers", "prune.ignore"],
     # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
-    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore"],
+    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability"],
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
-              "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind"],
+              "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind",
+              "instability"],
     "summarize": ["prune.rounds", "summary"],
 }
 
@@ -354,6 +367,7 @@ def validate(cfg: Config) -> Config:
     _check(r.to == "iteration" or r.iteration == 0, "rewind.iteration", r.iteration, "0 unless rewind.to is 'iteration'")
     _check(0 < r.finetune_lr < math.inf, "rewind.finetune_lr", r.finetune_lr, "a finite number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
+    _validate_instability(cfg)
     return cfg
 
 
@@ -371,6 +385,21 @@ def _check_pai(cfg: Config) -> None:
            f"pruning at initialization trains from the rewind point: rewind.to init or iteration, not {cfg.rewind.to!r}")
     _check(p.score_batches >= 1, "prune.score_batches", p.score_batches, "an integer >= 1")
     _check(p.synflow_iterations >= 1, "prune.synflow_iterations", p.synflow_iterations, "an integer >= 1")
+
+
+def _validate_instability(cfg: Config) -> None:
+    i = cfg.instability
+    _check(i.points >= 2, "instability.points", i.points, "an integer >= 2: the two endpoints at least")
+    _check(0 <= i.threshold < math.inf, "instability.threshold", i.threshold, "a finite number >= 0")
+    _check(i.train_subset >= 1, "instability.train_subset", i.train_subset, "an integer >= 1")
+    _check(i.bn in BN_MODES, "instability.bn", i.bn, "one of " + ", ".join(BN_MODES))
+    _check(i.bn_batches >= 1, "instability.bn_batches", i.bn_batches, "an integer >= 1")
+    if i.bn == "recompute":
+        _check(i.bn_batches * cfg.train.batch_size <= i.train_subset, "instability.bn_batches", i.bn_batches,
+               f"bn_batches x train.batch_size={cfg.train.batch_size} must fit in instability.train_subset={i.train_subset}")
+    if i.enabled:  # two copies of a ticket start from the same rewind point: undefined when training starts trained
+        _check(cfg.rewind.to in ("init", "iteration"), "instability.enabled", i.enabled,
+               f"undefined with rewind.to={cfg.rewind.to!r}; use rewind.to init or iteration")
 
 
 def from_dict(raw: dict) -> Config:

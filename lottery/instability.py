@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import models
-from .config import ConfigError
+from .config import BN_MODES, ConfigError
 from .masks import Mask
 from .training import evaluate
 
@@ -39,7 +39,6 @@ STABLE = 2.0  # instability (percentage points) at or below which a network is s
 # of a 10,000-example test set; and it is the size of the validation split.
 TRAIN_SUBSET = 5000
 BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
-BN_MODES = ("interpolate", "recompute")
 # Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
 # examples, 1 thread, best of 3) stacks of 30 took 13.2 s, of 60 24.9 s: the first layer's output
 # of 60 networks for 1,000 examples is 72 MB, allocated and page-faulted in again for every batch.
@@ -208,3 +207,96 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         out[f"{s}_error"] = e.tolist()
         out[f"{s}_instability"] = instability(e).tolist()
     return out
+
+
+# ---------------------------------------------------------------- the rewind-point study across experiments
+
+def study_rows(exps: list[str], round_name: str, read: Callable[[str, str], str]) -> list[dict]:
+    """One row per experiment, sorted by k: its rewind iteration k, and for the dense round r0 and `round_name`
+    the ticket's weights remaining, mean test instability (min, max over trials) and mean test accuracy.
+    `read(exp, path)` returns the text of a file of that experiment (params.yaml, runs/<round>/metrics.json)."""
+    import json
+
+    import yaml
+
+    rows = []
+    for exp in exps:
+        params = yaml.safe_load(read(exp, "params.yaml")) or {}
+        rewind = params.get("rewind", {})
+        row = {"exp": exp, "k": rewind.get("iteration", 0) if rewind.get("to") == "iteration" else 0}
+        for label, name in (("dense", "r0"), ("ticket", round_name)):
+            path = f"runs/{name}/metrics.json"
+            m = json.loads(read(exp, path))
+            if "instability" not in m:
+                raise ConfigError(f"{path} of '{exp}' has no instability: run it with -S instability.enabled=true")
+            inst = [t["test_instability"] for t in m["instability"]["trials"]]
+            nets = [n for n in m["networks"] if n["variant"] == "ticket"]
+            row[label] = {"round": name, "weights_remaining": nets[0]["weights_remaining"],
+                          "instability": sum(inst) / len(inst), "min": min(inst), "max": max(inst),
+                          "test_accuracy": sum(n["test_accuracy"] for n in nets) / len(nets)}
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["k"], r["exp"]))
+
+
+def study_figure(rows: list[dict], path) -> None:
+    """The paper's two plots: instability vs k (dense and sparse ticket), and the ticket's test accuracy vs k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=110)
+    for label in ("dense", "ticket"):
+        s = [r[label] for r in rows]
+        y = [v["instability"] for v in s]
+        a.errorbar(ks, y, yerr=[[v - x["min"] for v, x in zip(y, s)], [x["max"] - v for v, x in zip(y, s)]],
+                   marker="o", ms=3, capsize=2, label=f"{s[0]['round']} ({s[0]['weights_remaining']:.1f}% remaining)")
+        b.plot(ks, [v["test_accuracy"] for v in s], marker="o", ms=3, label=f"{s[0]['round']}")
+    a.axhline(STABLE, color="gray", ls="--", label="stable at or below")
+    a.set_ylabel("instability (test error, pp)")
+    b.set_ylabel("test accuracy of the ticket (%)")
+    for ax in (a, b):
+        ax.set_xscale("symlog", linthresh=max(1, min([k for k in ks if k] or [1])))
+        ax.set_xlabel("rewind iteration k")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m lottery.instability EXP... [--round rK] [--out FILE]: the rewind-point study (README)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Instability vs the rewind iteration k across experiments "
+                                 "(each run with -S instability.enabled=true and its own rewind.iteration)")
+    ap.add_argument("exps", nargs="+", help="DVC experiment names or git revisions")
+    ap.add_argument("--round", default="r0", help="the sparse round to compare with the dense r0, e.g. r9")
+    ap.add_argument("--out", default="instability_vs_k.png")
+    args = ap.parse_args(argv)
+    import dvc.api
+    from dvc.scm import RevError
+
+    def read(exp: str, path: str) -> str:
+        try:
+            return dvc.api.read(path, rev=exp)
+        except RevError:
+            raise ConfigError(f"'{exp}' is neither an experiment nor a git revision here (dvc exp show lists them)") from None
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist in '{exp}' (did that experiment run it?)") from None
+
+    rows = study_rows(args.exps, args.round, read)
+    print(f"{'experiment':<24} {'k':>6} {'r0 instab.':>10} {args.round + ' instab.':>11} {args.round + ' acc %':>10}")
+    for r in rows:
+        print(f"{r['exp']:<24} {r['k']:>6} {r['dense']['instability']:>10.2f} {r['ticket']['instability']:>11.2f} "
+              f"{r['ticket']['test_accuracy']:>10.2f}")
+    study_figure(rows, args.out)
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    run(main)

@@ -6,7 +6,8 @@ ticket's per-layer sparsity on θ0). Round r0 is the dense network and has no co
 Files written per round (all under runs/<round>/):
   mask.pt      the ticket masks, one per trial
   model.pt     the ticket's trained weights, one per trial (the next round prunes these)
-  controls.pt  masks and trained weights of the controls
+  controls.pt  masks and trained weights of the controls (and of the ticket's second copy, `copy`,
+               with `instability.enabled`)
   metrics.json per-network results (summarize reads these)
   live/        validation curves of every network, written with DVCLive (`dvc plots show`)
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, generic, masks, models, pruning, saliency
+from . import artifacts, generic, instability, masks, models, pruning, saliency
 from .artifacts import ArtifactError
 from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor
 from .data import CLASSES, SHAPES, load_prepared, sizes
@@ -194,7 +195,8 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None
         if cfg.prune.at == "init":
             _check_kept(cfg, runs / name / "mask.pt", ticket_mask, kinds, name)
 
-    variants = ["ticket"] + (list(cfg.controls) if k > 0 else [])
+    # The ticket's second copy (instability) comes last: every other network keeps its rows and data order.
+    variants = ["ticket"] + (list(cfg.controls) if k > 0 else []) + (["copy"] if cfg.instability.enabled else [])
     stack = Stack(variants, cfg.trials, names, ticket_mask, start=want_k,
                   constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None)
     n = len(variants) * cfg.trials
@@ -204,7 +206,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None
             i = stack.rows(v, t)
             stack.init_seeds[i] = derived_seed(cfg.seed, "reinit", t, name) if v == "reinit" else s
             stack.mask_seeds[i] = derived_seed(cfg.seed, "random", t, name) if v == "random" else None
-            stack.order_seeds[i] = s
+            stack.order_seeds[i] = derived_seed(cfg.seed, "copy", t) if v == "copy" else s
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
@@ -274,6 +276,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     stack.model.to(device)
     dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
+    subset = _instability_subset(cfg, len(data["y_train"]))  # bad input stops the round before training
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
@@ -286,7 +289,13 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
 
     trained = {key: v.detach().cpu() for key, v in stack.model.state_dict().items()}
     _check_saved(trained, stack.mask, name)
-    metrics = write_round(cfg, name, stack, trained, result, runs / name)
+    line = None
+    if subset is not None:
+        t1 = time.perf_counter()
+        line = measure_instability(cfg, stack, stack.model.state_dict(), data, subset)
+        log(f"[{name}] instability (test) " + "  ".join(f"trial {t['trial']}: {t['test_instability']:.2f} pp"
+            for t in line["trials"]) + f"  ({cfg.instability.points} points in {time.perf_counter() - t1:.1f}s)")
+    metrics = write_round(cfg, name, stack, trained, result, runs / name, line)
     for v in stack.variants:
         rows = [n for n in metrics["networks"] if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
@@ -296,7 +305,32 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     return metrics
 
 
-def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.Tensor], result, out: Path) -> dict:
+def _instability_subset(cfg: Config, n_train: int) -> torch.Tensor | None:
+    """The fixed training subset the line is evaluated on (None when instability is off)."""
+    if not cfg.instability.enabled:
+        return None
+    return instability.train_subset(n_train, cfg.instability.train_subset, cfg.seed)
+
+
+def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor], data: dict[str, torch.Tensor],
+                        subset: torch.Tensor) -> dict:
+    """The error along the line between each trial's trained ticket and its copy; the verdict on the test set."""
+    i = cfg.instability
+    tick, copy = stack.rows("ticket"), stack.rows("copy")
+    c = instability.curve(cfg.model.name, {k: v[tick] for k, v in state.items()}, {k: v[copy] for k, v in state.items()},
+                          data, subset, points=i.points, bn=i.bn, bn_batches=i.bn_batches, batch_size=cfg.train.batch_size)
+    trials = [{
+        "trial": t, "order_seed": stack.order_seeds[tick][t], "copy_order_seed": stack.order_seeds[copy][t],
+        "test_error": c["test_error"][t], "train_error": c["train_error"][t],
+        "test_instability": round(c["test_instability"][t], 6), "train_instability": round(c["train_instability"][t], 6),
+        "stable": c["test_instability"][t] <= i.threshold,
+    } for t in range(stack.trials)]
+    return {"points": i.points, "threshold": i.threshold, "bn": i.bn, "train_subset": len(subset),
+            "alphas": c["alphas"], "trials": trials}
+
+
+def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.Tensor], result, out: Path,
+                line: dict | None = None) -> dict:
     """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, metrics.json; returns the metrics."""
     mask, names, seeds = stack.mask, stack.names, trial_seeds(cfg)
     tick = stack.rows("ticket")
@@ -322,6 +356,8 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
     } for v, t, i in order]
     metrics = {"round": name, "index": round_index(name), "criterion": cfg.prune.criterion, "at": cfg.prune.at,
                "networks": networks}
+    if line is not None:
+        metrics["instability"] = line
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     log_curves(out / "live", order, result.curve)
     return metrics

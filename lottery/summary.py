@@ -168,6 +168,10 @@ def declared(summary: dict) -> dict:
     for v in VARIANTS:
         if v in summary:
             out[v] = {short: summary[v][long] for long, short in DECLARED.items()}
+    if "instability" in summary:  # the dense network's instability (pp) and the sparsest stable round's % remaining
+        inst = summary["instability"]
+        out["instability"] = {"dense": inst["rounds"].get("r0", {}).get("ticket_instability"),
+                              "stable": inst["sparsest_stable_weights_remaining"]}
     return out
 
 
@@ -335,17 +339,104 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path]
             h = summary[v]
             lines.append(f"| {v} | {h['smallest_winning_weights_remaining']} | {h['max_early_stop_speedup']:.2f}x "
                          f"| {h['max_accuracy_gain']:+.2f} |")
+    if "instability" in summary:
+        lines += ["", f"Instability: the ticket's mean test instability stays at or below the threshold down to "
+                  f"**{summary['instability']['sparsest_stable_weights_remaining']}%** of the weights remaining."]
     lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
+INSTABILITY_COLUMNS = ["test_instability", "train_instability", "stable"]
+
+
+def read_instability(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per round x trial: the ticket's instability, its verdict and threshold; one row per round x trial x
+    point: α and the test and train error there), empty where no round measured it (instability.enabled)."""
+    rows, points = [], []
+    for name in round_names:
+        path = Path(runs) / name / "metrics.json"
+        m = _read(path)
+        if "instability" not in m:
+            continue
+        line = m["instability"]
+        try:
+            remaining = {n["trial"]: n["weights_remaining"] for n in m["networks"] if n["variant"] == "ticket"}
+            for t in line["trials"]:
+                rows.append({"round": name, "index": m["index"], "variant": "ticket", "trial": t["trial"],
+                             "weights_remaining": remaining[t["trial"]], "threshold": line["threshold"],
+                             **{k: t[k] for k in INSTABILITY_COLUMNS}})
+                points += [{"round": name, "index": m["index"], "trial": t["trial"], "alpha": a, "test_error": e,
+                            "train_error": r} for a, e, r in zip(line["alphas"], t["test_error"], t["train_error"])]
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: malformed instability record ({e!r}); `dvc repro -f` the round that writes it") from None
+    return pd.DataFrame(rows), pd.DataFrame(points)
+
+
+def instability_headline(inst: pd.DataFrame) -> dict:
+    """Headline candidates: per round the ticket's mean instability (test, pp) and its stable trials; the sparsest
+    round whose mean instability is at or below the threshold."""
+    mean = inst.groupby(["index", "round"], sort=True).agg(
+        weights_remaining=("weights_remaining", "mean"), ticket_instability=("test_instability", "mean"),
+        train_instability=("train_instability", "mean"), stable_trials=("stable", "sum"),
+        threshold=("threshold", "first")).reset_index()
+    rounds = {r["round"]: {"weights_remaining": round(float(r["weights_remaining"]), 4),
+                           "ticket_instability": round(float(r["ticket_instability"]), 4),
+                           "train_instability": round(float(r["train_instability"]), 4),
+                           "stable_trials": int(r["stable_trials"])} for _, r in mean.iterrows()}
+    stable = mean[mean["ticket_instability"] <= mean["threshold"]]
+    sparsest = round(float(stable["weights_remaining"].min()), 4) if len(stable) else None
+    return {"rounds": rounds, "sparsest_stable_weights_remaining": sparsest}
+
+
+def instability_figures(inst: pd.DataFrame, points: pd.DataFrame, out: Path) -> list[Path]:
+    """instability.png (the ticket's test instability vs weights remaining, min-max over trials) and
+    interpolation.png (test error along the line, every trial, of the dense, a middle and the last round)."""
+    plt = _plt()
+    g = inst.groupby("index").agg(x=("weights_remaining", "mean"), y=("test_instability", "mean"),
+                                  lo=("test_instability", "min"), hi=("test_instability", "max"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.errorbar(g["x"], g["y"], yerr=[g["y"] - g["lo"], g["hi"] - g["y"]], marker="o", ms=3, capsize=2, label="ticket")
+    ax.axhline(float(inst["threshold"].iloc[0]), color="gray", ls="--", label="stability threshold")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining (log)")
+    ax.set_ylabel("instability: test error increase along the line (pp)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title=f"mean, min-max over {inst['trial'].nunique()} trial(s)")
+    paths = [_save(fig, out / "instability.png")]
+    plt.close(fig)
+
+    idx = sorted(points["index"].unique())
+    chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], chosen):
+        for t, s in points[points["index"] == k].groupby("trial"):
+            ax.plot(s["alpha"], s["test_error"], marker=".", label=f"trial {t}")
+        rem = inst[inst["index"] == k]["weights_remaining"].mean()
+        ax.set_title(f"r{k}: {rem:.1f}% remaining")
+        ax.set_xlabel("α (0: ticket, 1: its copy)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test error (%)")
+    axes[0][-1].legend()
+    paths.append(_save(fig, out / "interpolation.png"))
+    plt.close(fig)
+    return paths
+
+
 def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tuple[dict, pd.DataFrame]:
     """Everything under metrics/; returns the headline numbers and the tidy table."""
     df, curves = collect(runs, round_names)
+    inst, points = read_instability(runs, round_names)
+    if not inst.empty:  # the ticket rows of the tidy table get their instability
+        df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
     atomic_write_bytes(out / "rounds.csv", df.to_csv(index=False).encode())
     atomic_write_bytes(out / "accuracy.csv", accuracy_table(df).to_csv(index=False).encode())
     summary = headline(df, tolerance, output_classes(runs))
+    if not inst.empty:
+        summary["instability"] = instability_headline(inst)
+        for name, entry in summary["instability"]["rounds"].items():
+            summary["rounds"][name]["instability"] = entry
     atomic_write_bytes(out / "summary.json", (json.dumps(declared(summary), indent=2) + "\n").encode())
     atomic_write_bytes(out / "rounds.json", (json.dumps(summary["rounds"], indent=2) + "\n").encode())
     images = figures(df, curves, layer_table(runs, round_names), out)
@@ -353,6 +444,8 @@ def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tu
     first, _ = load(Path(runs) / last / "mask.pt", "mask")
     images.append(first_layer_image(next(iter(first.values())), f"{last}: first-layer weights kept per input",
                                     out / "mask_first_layer.png"))
+    if not inst.empty:
+        images += instability_figures(inst, points, out)
     report(summary, df, tolerance, images, out / "report.md")
     return summary, df
 
