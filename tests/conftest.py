@@ -127,3 +127,17 @@ def repo(template, tmp_path) -> Repo:
     dst = tmp_path / "repo"
     shutil.copytree(template.path, dst, symlinks=True)
     return Repo(dst, env_for(tmp_path))
+
+
+def run_queue(repo: Repo, timeout: float = 300) -> str:
+    """`dvc queue start` one worker and wait until nothing is queued or running; the last `dvc queue status`."""
+    import time
+
+    repo.dvc("queue", "start", "-j", "1")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = repo.dvc("queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    return status

@@ -17,19 +17,7 @@ import torch
 from lottery import artifacts, data, rounds, summary, ticket
 from lottery.artifacts import ArtifactError
 from lottery.data import DataError
-from test_rounds import fake_round, make_cfg
-
-
-@pytest.fixture
-def cfg():
-    return make_cfg()
-
-
-@pytest.fixture
-def runs(tmp_path, cfg) -> Path:
-    runs = tmp_path / "runs"
-    rounds.init(cfg, runs / "init")
-    return runs
+from test_rounds import cfg, fake_round, runs  # noqa: F401 (cfg and runs are fixtures)
 
 
 def zero_2kb_inside_largest_tensor(path: Path, size: int | None = None) -> int:

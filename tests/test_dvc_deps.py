@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_queue
 
 PACKAGES = ("lottery", "stages")
 
@@ -123,15 +123,7 @@ def test_a_queued_experiment_runs_its_own_code_not_the_workspace(repo):
     repo.commit("marker A")
     repo.dvc("exp", "run", "--queue", "-n", "queued", "-S", "summary.tolerance=0.4")
     summary.write_text(original + '\nprint("CODE-EDITED-AFTER-QUEUEING")\n')  # uncommitted workspace edit
-    repo.dvc("queue", "start", "-j", "1")
-    import time
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = repo.dvc("queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    status = run_queue(repo)
     logs = repo.dvc("queue", "logs", "queued").stdout
     assert "Success" in status, status + logs
     assert "CODE-OF-THE-QUEUED-COMMIT" in logs and "CODE-EDITED-AFTER-QUEUEING" not in logs, logs

@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import json
-import time
 
-from conftest import Repo, ran
+from conftest import Repo, ran, run_queue
 
 
 def test_queue_runs_two_experiments(repo):
     repo.dvc("exp", "run", "--queue", "-S", "prune.rate=0.3", "-S", "prune.rounds=1")
     repo.dvc("exp", "run", "--queue", "-S", "prune.rate=0.5", "-S", "prune.rounds=1")
-    repo.dvc("queue", "start", "-j", "1")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = repo.dvc("queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    status = run_queue(repo)
     repo.dvc("queue", "stop", "--kill", check=False)
     assert "Success" in status and "Failed" not in status, status
     rows = json.loads(repo.dvc("exp", "show", "--json").stdout)
