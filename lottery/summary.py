@@ -165,6 +165,8 @@ def declared(summary: dict) -> dict:
     still within tolerance of dense), speedup (max early-stop speed-up) and gain (max accuracy gain, pp).
     The per-round numbers go to metrics/rounds.json, not here: one column each would flood `dvc exp show`."""
     out: dict = {"dense_acc": summary["dense"]["test_accuracy"], "dense_trained": summary["dense_trained"]}
+    if "criterion" in summary:  # how the tickets were pruned (prune.criterion, prune.at)
+        out["criterion"], out["at"] = summary["criterion"], summary["at"]
     for v in VARIANTS:
         if v in summary:
             out[v] = {short: summary[v][long] for long, short in DECLARED.items()}

@@ -188,8 +188,11 @@ def test_instability_runs_through_dvc(repo):
     assert "instability (test) trial 0:" in out.stdout
     m = json.loads((repo.path / "runs" / "r2" / "metrics.json").read_text())
     assert len(m["instability"]["trials"]) == 2 and len(m["instability"]["alphas"]) == 30
+    per_round = json.loads((repo.path / "metrics" / "rounds.json").read_text())
+    assert all("ticket_instability" in per_round[r]["instability"] for r in ("r0", "r1", "r2"))
     s = json.loads((repo.path / "metrics" / "summary.json").read_text())
-    assert set(s["instability"]["rounds"]) == {"r0", "r1", "r2"}
+    assert set(s["instability"]) == {"dense", "stable"}
+    assert s["instability"]["dense"] == per_round["r0"]["instability"]["ticket_instability"]
     df = pd.read_csv(repo.path / "metrics" / "rounds.csv")
     assert df[df["variant"] == "ticket"]["test_instability"].notna().all()
     assert (repo.path / "metrics" / "instability.png").exists() and (repo.path / "metrics" / "interpolation.png").exists()

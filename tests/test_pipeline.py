@@ -24,7 +24,8 @@ def test_repro_writes_every_round_and_a_readable_summary(repo):
     assert per_round["r1"]["reinit"]["test_accuracy"] > 10  # the controls were trained
     # the declared metrics are the headline only: dense accuracy and three numbers per variant
     summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
-    assert set(summary) == {"dense_acc", "ticket", "reinit", "random"}
+    assert set(summary) == {"dense_acc", "dense_trained", "criterion", "at", "ticket", "reinit", "random"}
+    assert (summary["criterion"], summary["at"]) == ("magnitude", "trained")
     assert all(set(summary[v]) == {"win", "speedup", "gain"} for v in ("ticket", "reinit", "random"))
     assert summary["dense_acc"] == per_round["r0"]["test_accuracy"]
     assert "ticket.win" in repo.dvc("metrics", "show").stdout
