@@ -354,8 +354,9 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
         "min_val_loss": round(result.min_val_loss[i], 6),
     } for v, t, i in order]
-    metrics = {"round": name, "index": round_index(name), "criterion": cfg.prune.criterion, "at": cfg.prune.at,
-               "networks": networks}
+    metrics = {"round": name, "index": round_index(name), "networks": networks}
+    if round_index(name) > 0:  # how this round pruned (the dense round prunes nothing and lists no prune.* params)
+        metrics.update(criterion=cfg.prune.criterion, at=cfg.prune.at)
     if line is not None:
         metrics["instability"] = line
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())

@@ -64,7 +64,7 @@ def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFr
         m = _read(Path(runs) / name / "metrics.json")
         for n in m["networks"]:
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
-                         "criterion": m.get("criterion", "magnitude"), "at": m.get("at", "trained")})
+                         "criterion": m.get("criterion"), "at": m.get("at")})  # none for the dense round
         curves.append(read_curves(Path(runs) / name / "live").assign(round=name, index=m["index"]))
     return pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS), pd.concat(curves, ignore_index=True)
 

@@ -201,7 +201,7 @@ def test_instability_runs_through_dvc(repo):
     repo.commit("instability on")
     study = repo.run(sys.executable, "-m", "lottery.instability", "HEAD", "--round", "r2", "--out", "study.png")
     line = study.stdout.splitlines()[1].split()
-    assert line[:2] == ["HEAD", "0"] and float(line[2]) == pytest.approx(s["instability"]["rounds"]["r0"]["ticket_instability"], abs=0.01)
+    assert line[:2] == ["HEAD", "0"] and float(line[2]) == pytest.approx(per_round["r0"]["instability"]["ticket_instability"], abs=0.01)
     assert (repo.path / "study.png").read_bytes()[:4] == b"\x89PNG"
     bad = repo.run(sys.executable, "-m", "lottery.instability", "HEAD~1", check=False)
     assert bad.returncode == 2 and "has no instability" in bad.stderr and "Traceback" not in bad.stderr

@@ -140,7 +140,8 @@ def test_snip_experiment_end_to_end_and_the_overlay_figure(repo):
     assert "scored by snip in" in out
     assert "summarize" in ran(out) and "prepare" not in ran(out) and "init" not in ran(out)
     rows = pd.read_csv(repo.path / "metrics" / "rounds.csv")
-    assert set(rows["criterion"]) == {"snip"} and set(rows["at"]) == {"init"}
+    pruned = rows[rows["index"] > 0]  # the dense round r0 prunes nothing: no criterion
+    assert set(pruned["criterion"]) == {"snip"} and set(pruned["at"]) == {"init"} and rows[rows["index"] == 0]["criterion"].isna().all()
     assert len(rows[rows["variant"] == "invert"]) == 2 * 2  # r1, r2 x 2 trials
     summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
     assert summary["criterion"] == "snip" and summary["at"] == "init" and "invert" in summary
