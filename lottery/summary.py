@@ -233,6 +233,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _round_panels(plt, table: pd.DataFrame):
+    """One panel each for the dense, a middle and the last round of `table` (an `index` column): fig, axes, rounds."""
+    idx = sorted(table["index"].unique())
+    chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    return fig, axes, chosen
+
+
 def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: Path) -> list[Path]:
     """PNG figures (offline): accuracy and early stop vs sparsity, validation curves, per-layer sparsity."""
     plt = _plt()
@@ -262,9 +270,7 @@ def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: P
         plt.close(fig)
 
     # Validation accuracy against iteration: the dense round, a middle one and the last.
-    idx = sorted(curves["index"].unique())
-    chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes, chosen = _round_panels(plt, curves)
     for ax, k in zip(axes[0], chosen):
         c = curves[curves["index"] == k].groupby(["variant", "iteration"])["val_acc"].mean().reset_index()
         for v in VARIANTS:
@@ -409,9 +415,7 @@ def instability_figures(inst: pd.DataFrame, points: pd.DataFrame, out: Path) -> 
     paths = [_save(fig, out / "instability.png")]
     plt.close(fig)
 
-    idx = sorted(points["index"].unique())
-    chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes, chosen = _round_panels(plt, points)
     for ax, k in zip(axes[0], chosen):
         for t, s in points[points["index"] == k].groupby("trial"):
             ax.plot(s["alpha"], s["test_error"], marker=".", label=f"trial {t}")

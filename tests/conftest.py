@@ -141,3 +141,14 @@ def run_queue(repo: Repo, timeout: float = 300) -> str:
             break
         time.sleep(2)
     return status
+
+
+@pytest.fixture
+def float64():
+    """Default dtype float64 for one test (bit-for-bit stack == one-by-one checks)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

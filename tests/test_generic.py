@@ -65,13 +65,6 @@ def single(name: str, seed: int) -> nn.Module:
     return mlp(num_classes=10) if name == "mlp" else cnn(num_classes=10, input_shape=SHAPE)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def batches(n: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

@@ -172,13 +172,6 @@ def test_init_scales_and_zero_biases():
     assert not r["blocks.8.bn2.bias"].any() and not r["bn.running_mean"].any() and (r["bn.running_var"] == 1).all()
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def _train_stack_and_alone(name: str, data: dict, atol: float) -> None:
     seeds = [0, 1]
