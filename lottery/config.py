@@ -70,7 +70,9 @@ class DataConfig:
     dataset: str = _help("one of " + ", ".join(DATASETS) + ", or your own loader 'package.module:loader' returning "
                          "x, y, x_test, y_test (arrays or tensors) or a (train, test) pair of map-style datasets",
                          "fashion-mnist")
-    validation: int = _help("training images held out (by seed) for early stopping", 5000)
+    validation: int = _help("training images held out (by data.split_seed) for early stopping", 5000)
+    split_seed: int = _help("seed of the validation split and of instability's training subset: not the trial "
+                            "seed, so the trials of experiments that differ only in `seed` pool into one study", 0)
     train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
     root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
     augment: bool = _help("random crop (padding 4) and horizontal flip of training images (CIFAR)", False)
@@ -142,7 +144,7 @@ class InstabilityConfig:
     enabled: bool = _help("train a second copy of every ticket (own data order) and measure linear mode connectivity", False)
     points: int = _help("points on the line between the two copies, both ends included (>= 2)", 30)
     threshold: float = _help("instability (pp of error) at or below which a ticket is stable", 2.0)
-    train_subset: int = _help("training examples (fixed by seed) evaluated along the line, besides the test set", 5000)
+    train_subset: int = _help("training examples (fixed by data.split_seed) evaluated along the line, besides the test set", 5000)
     bn: str = _help("BatchNorm statistics along the line: interpolate or recompute", "interpolate")
     bn_batches: int = _help("batches of train.batch_size that re-estimate BatchNorm at each point (bn: recompute)", 20)
 
@@ -213,16 +215,17 @@ _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "tra
              "train.warmup", "train.lr_drops", "train.lr_gamma", "data.augment"]
 STAGE_PARAMS: dict[str, list[str]] = {
     "check": [],
-    "prepare": ["seed", "data.dataset", "data.validation", "data.train_subset"],
+    "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
     "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
              "train.lr_gamma", "train.device", "train.precision", "prune.layers", "prune.ignore"],
     # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
-    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability"],
+    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability",
+              "data.split_seed"],
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
               "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind",
-              "instability"],
+              "instability", "data.split_seed"],
     "summarize": ["prune.rounds", "summary"],
 }
 
@@ -313,6 +316,7 @@ def validate(cfg: Config) -> Config:
     d = cfg.data
     _name(d.dataset, "data.dataset", DATASETS, "loader")
     _check(d.validation >= 1, "data.validation", d.validation, "an integer >= 1")
+    _check(d.split_seed >= 0, "data.split_seed", d.split_seed, "an integer >= 0")
     _check(d.train_subset >= 0, "data.train_subset", d.train_subset, "an integer >= 0; 0 keeps all")
     _name(cfg.model.name, "model.name", MODELS, "factory")
     if d.dataset in DATASETS and cfg.model.name in MODELS:

@@ -189,7 +189,7 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     n = len(raw["y"])
     if d.validation >= n:
         raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).numpy()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).numpy()
     val, train = perm[: d.validation], np.sort(perm[d.validation :])
     if d.train_subset:
         train = train[: d.train_subset]

@@ -7,11 +7,10 @@ revision through DVC (the cache, else the default remote), renumbered trial by t
 order, and summarized by `lottery.summary.write` into DIR (default metrics-pooled/): summary.json,
 rounds.csv, accuracy.csv, rounds.json, figures, report.md.
 
-What pooling equals: the ticket networks of trial t depend only on their own seed (θ0 and data
-order from seed + t), but the validation split (`prepare`) is drawn from the experiment's base
-`seed`, and the controls' seeds derive from (base seed, trial index, round). So a pooled trial
-of an experiment with seed=s equals trial 0 of a single experiment with seed=s, not trial k of an
-experiment with seed=s-k (see README, "Cluster").
+What pooling equals: every network of trial t depends only on that trial's seed (θ0, data order,
+the controls' seeds) and on `data.split_seed` (the validation split), not on the experiment's base
+`seed` or the number of trials in its stack. So pooling experiments with seeds 0 and 1 (trials=1)
+gives exactly the rows and numbers of one experiment with trials=2, seed=0 (tests/test_pool.py).
 """
 from __future__ import annotations
 

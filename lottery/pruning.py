@@ -81,14 +81,17 @@ def planned_kept(cfg: PruneConfig, kinds: dict[str, str], dense: dict[str, int],
 
 
 def scores(criterion: str, trained: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
-           gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Higher is kept: |w| (magnitude), |w| - |w_start| (magnitude_increase), or uniform noise (random)."""
+           seeds: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Higher is kept: |w| (magnitude), |w| - |w_start| (magnitude_increase), or uniform noise (random:
+    network i's layers drawn in order by its own generator, seeded by seeds[i])."""
     if criterion == "magnitude":
         return {k: w.abs().double() for k, w in trained.items()}
     if criterion == "magnitude_increase":
         return {k: (w.abs() - start[k].abs()).double() for k, w in trained.items()}
     if criterion == "random":
-        return {k: torch.rand(w.shape, generator=gen, dtype=torch.float64) for k, w in trained.items()}
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return {k: torch.stack([torch.rand(w.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+                for k, w in trained.items()}
     raise PruningError(f"prune.criterion: {criterion!r} is not allowed (magnitude, magnitude_increase, random)")
 
 
@@ -136,15 +139,16 @@ def check(plan: Plan, new: Mask, old: Mask) -> None:
 
 
 @torch.no_grad()
-def random_like(mask: Mask, gen: torch.Generator) -> Mask:
-    """A random mask with exactly the same number of kept weights per layer and network."""
+def random_like(mask: Mask, seeds: list[int]) -> Mask:
+    """A random mask with exactly the same number of kept weights per layer and network: network i's
+    layers drawn in order by its own generator, seeded by seeds[i] (so the draw does not depend on the stack)."""
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     new = {}
     for k, m in mask.items():
         out = torch.zeros_like(m)
-        for i in range(m.shape[0]):
-            n_keep = int(m[i].sum())
+        for i, gen in enumerate(gens):
             flat = torch.zeros(m[i].numel(), dtype=torch.bool)
-            flat[torch.randperm(m[i].numel(), generator=gen)[:n_keep]] = True
+            flat[torch.randperm(m[i].numel(), generator=gen)[:int(m[i].sum())]] = True
             out[i] = flat.view_as(m[i])
         new[k] = out
     return new

@@ -204,9 +204,11 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None
     for v in variants:
         for t, s in enumerate(seeds):
             i = stack.rows(v, t)
-            stack.init_seeds[i] = derived_seed(cfg.seed, "reinit", t, name) if v == "reinit" else s
-            stack.mask_seeds[i] = derived_seed(cfg.seed, "random", t, name) if v == "random" else None
-            stack.order_seeds[i] = derived_seed(cfg.seed, "copy", t) if v == "copy" else s
+            # every draw of a trial derives from its own seed alone, so trials of experiments that differ only
+            # in `seed` are the trials of one bigger experiment (lottery.pool)
+            stack.init_seeds[i] = derived_seed(s, "reinit", name) if v == "reinit" else s
+            stack.mask_seeds[i] = derived_seed(s, "random", name) if v == "random" else None
+            stack.order_seeds[i] = derived_seed(s, "copy") if v == "copy" else s
 
     # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
     start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
@@ -220,7 +222,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None
                 state[key][rows] = start_weights[key]
         net_mask = ticket_mask
         if v == "random":
-            net_mask = pruning.random_like(ticket_mask, torch.Generator().manual_seed(stack.mask_seeds[rows][0]))
+            net_mask = pruning.random_like(ticket_mask, stack.mask_seeds[rows])
         if v == "invert":
             net_mask = inverted
         for key in names:
@@ -238,10 +240,10 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
     rewind point θ0/θk (`init`) and prunes the dense mask straight to the round's planned counts.
     `invert` keeps the lowest of the same scores among the same mask, at the ticket's per-layer counts."""
     p, k, names = cfg.prune, round_index(name), list(kinds)
-    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", name))
+    seeds = [derived_seed(s, "criterion", name) for s in trial_seeds(cfg)]  # the random criterion's, per trial
     if p.at == "trained":
         plan = pruning.plan(p, kinds, k)
-        score = pruning.scores(p.criterion, {n: prev_weights[n] for n in names}, theta0, gen)
+        score = pruning.scores(p.criterion, {n: prev_weights[n] for n in names}, theta0, seeds)
         ticket = pruning.prune(score, prev_mask, plan)
         pruning.check(plan, ticket, prev_mask)
         base = prev_mask
@@ -254,7 +256,7 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
         base = {n: torch.ones_like(m) for n, m in prev_mask.items()}
         t0 = time.perf_counter()
         ticket, score = saliency.prune_at_init(p, model, base, kinds, k, _score_batches(cfg, data) if needs_data else [],
-                                               data["x_train"].shape[1:] if needs_data else None, gen,
+                                               data["x_train"].shape[1:] if needs_data else None, seeds,
                                                "invert" in cfg.controls)
         log(f"[{name}] scored by {p.criterion} in {time.perf_counter() - t0:.2f}s")
     inverted = saliency.invert(score, base, masks.kept(ticket)) if "invert" in cfg.controls else None
@@ -309,7 +311,7 @@ def _instability_subset(cfg: Config, n_train: int) -> torch.Tensor | None:
     """The fixed training subset the line is evaluated on (None when instability is off)."""
     if not cfg.instability.enabled:
         return None
-    return instability.train_subset(n_train, cfg.instability.train_subset, cfg.seed)
+    return instability.train_subset(n_train, cfg.instability.train_subset, cfg.data.split_seed)
 
 
 def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor], data: dict[str, torch.Tensor],

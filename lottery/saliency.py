@@ -271,7 +271,7 @@ def synflow(model: nn.Module, mask: Mask, names: list[str], input_shape, target:
 
 
 def prune_at_init(cfg: PruneConfig, model: nn.Module, mask: Mask, kinds: dict[str, str], k: int, batches,
-                  input_shape, gen: torch.Generator, want_scores: bool = False) -> tuple[Mask, dict | None]:
+                  input_shape, seeds: list[int], want_scores: bool = False) -> tuple[Mask, dict | None]:
     """Round k under `prune.at: init`: `mask` (dense) pruned straight to IMP's round-k counts by the criterion
     scoring `model` (the rewind point); and, if `want_scores`, the scores the `invert` control ranks by
     (SynFlow: its one-shot scores of the dense mask, since the ticket comes from 100 rescorings)."""
@@ -284,5 +284,5 @@ def prune_at_init(cfg: PruneConfig, model: nn.Module, mask: Mask, kinds: dict[st
         score = (snip if cfg.criterion == "snip" else grasp)(model, mask, names, batches)
     else:  # magnitude or random, of the rewind point
         params = dict(model.named_parameters())
-        score = pruning.scores(cfg.criterion, {n: params[n].detach() for n in names}, {}, gen)
+        score = pruning.scores(cfg.criterion, {n: params[n].detach() for n in names}, {}, seeds)
     return prune_to(score, mask, goal), score

@@ -131,7 +131,7 @@ def test_the_copy_shares_the_tickets_start_and_mask_with_its_own_data_order(tmp_
         assert torch.equal(v[copy], v[tick]), k
     for k, v in stack.mask.items():
         assert torch.equal(v[copy], v[tick]), k
-    seeds = [rounds.derived_seed(cfg.seed, "copy", t) for t in range(2)]
+    seeds = [rounds.derived_seed(cfg.seed + t, "copy") for t in range(2)]
     assert stack.order_seeds[copy] == seeds and stack.order_seeds[tick] == [0, 1]
     line = m["instability"]
     assert [t["copy_order_seed"] for t in line["trials"]] == seeds

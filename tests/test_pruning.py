@@ -269,7 +269,7 @@ def _pruned_lenet_mask(rounds=3):
 def test_random_like_keeps_counts_and_differs():
     mask, names = _pruned_lenet_mask()
     snapshot = {k: v.clone() for k, v in mask.items()}
-    rnd = pruning.random_like(mask, torch.Generator().manual_seed(7))
+    rnd = pruning.random_like(mask, [7, 8])
     assert all(torch.equal(mask[k], snapshot[k]) for k in names)  # not in place
     assert set(rnd) == set(mask)
     kept, kept_rnd = masks.kept(mask), masks.kept(rnd)
@@ -288,13 +288,17 @@ def test_random_like_keeps_counts_and_differs():
     assert abs(overlap - frac) < 0.02
 
 
-def test_random_like_is_a_function_of_the_generator_seed():
+def test_random_like_is_a_function_of_each_networks_seed():
     mask, names = _pruned_lenet_mask(rounds=1)
-    a = pruning.random_like(mask, torch.Generator().manual_seed(11))
-    b = pruning.random_like(mask, torch.Generator().manual_seed(11))
-    c = pruning.random_like(mask, torch.Generator().manual_seed(12))
+    a = pruning.random_like(mask, [11, 12])
+    b = pruning.random_like(mask, [11, 12])
+    c = pruning.random_like(mask, [11, 13])
     assert all(torch.equal(a[k], b[k]) for k in names)
-    assert not all(torch.equal(a[k], c[k]) for k in names)
+    assert all(torch.equal(a[k][0], c[k][0]) for k in names)  # network 0 does not depend on network 1's seed
+    assert not all(torch.equal(a[k][1], c[k][1]) for k in names)
+    # nor on the stack: network 1 alone, with its seed, draws the same mask
+    alone = pruning.random_like({k: m[1:] for k, m in mask.items()}, [12])
+    assert all(torch.equal(alone[k][0], a[k][1]) for k in names)
 
 
 def test_random_like_with_uneven_counts_per_network():
@@ -302,7 +306,7 @@ def test_random_like_with_uneven_counts_per_network():
     mask["w"][0, :, :1] = True  # 4 kept
     mask["w"][1, :2] = True  # 12 kept
     mask["w"][2] = True  # 24 kept
-    rnd = pruning.random_like(mask, torch.Generator().manual_seed(0))
+    rnd = pruning.random_like(mask, [0, 1, 2])
     assert masks.kept(rnd)["w"].tolist() == [4, 12, 24]
     assert rnd["w"][2].all()
 

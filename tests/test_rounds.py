@@ -191,10 +191,10 @@ def test_round1_random_control(round1):
         # weights = θ0 * random mask, bit for bit
         assert torch.equal(state[k][rows], t0[k] * rnd[k]), k
         assert (state[k][rows][~rnd[k]] == 0).all()
-    # the random mask is reproducible from its recorded seed
-    gen = torch.Generator().manual_seed(seeds[0])
-    again = pruning.random_like(stack.ticket_mask, gen)
-    assert all(torch.equal(again[k], rnd[k]) for k in NAMES)
+    # each trial's random mask is reproducible from its own recorded seed alone
+    for t in range(2):
+        alone = pruning.random_like({k: m[t:t + 1] for k, m in stack.ticket_mask.items()}, [seeds[t]])
+        assert all(torch.equal(alone[k][0], rnd[k][t]) for k in NAMES), t
 
 
 def test_round1_reinit_control(round1):
@@ -237,10 +237,11 @@ def test_rewind_reads_theta0_from_the_init_artifact(cfg, runs):
 def test_control_seeds_depend_on_round_and_seed(cfg, runs):
     fake_round(runs, "r0")
     r1 = rounds.build_stack(cfg, "r1", "r0", runs)
-    assert rounds.derived_seed(10, "reinit", 0, "r1") == r1.init_seeds[2]
-    assert rounds.derived_seed(10, "random", 1, "r1") == r1.mask_seeds[5]
-    assert rounds.derived_seed(10, "reinit", 0, "r1") != rounds.derived_seed(10, "reinit", 0, "r2")
-    assert rounds.derived_seed(10, "reinit", 0, "r1") != rounds.derived_seed(11, "reinit", 0, "r1")
+    # a control's seed derives from its trial's own seed (10 + t) and the round, not from the trial index
+    assert rounds.derived_seed(10, "reinit", "r1") == r1.init_seeds[2]
+    assert rounds.derived_seed(11, "random", "r1") == r1.mask_seeds[5]
+    assert rounds.derived_seed(10, "reinit", "r1") != rounds.derived_seed(10, "reinit", "r2")
+    assert rounds.derived_seed(10, "reinit", "r1") != rounds.derived_seed(11, "reinit", "r1")
     assert 0 <= rounds.derived_seed("x") < 2**31
 
 

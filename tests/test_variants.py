@@ -51,9 +51,11 @@ def test_criteria():
     assert inc["w"].tolist() == [[False, True, False, True]]  # increases 0.1, 0.9, 0.4, 3.5
     mag = pruning.prune(pruning.scores("magnitude", trained, start), mask, pruning.Plan({"w": 0.5}))
     assert mag["w"].tolist() == [[True, False, False, True]]
-    g = torch.Generator().manual_seed(1)
-    rnd = pruning.prune(pruning.scores("random", trained, start, g), mask, pruning.Plan({"w": 0.5}))
+    rnd = pruning.prune(pruning.scores("random", trained, start, [1]), mask, pruning.Plan({"w": 0.5}))
     assert int(rnd["w"].sum()) == 2
+    # each network's random scores come from its own seed, whatever the stack
+    two = pruning.scores("random", {"w": trained["w"].expand(2, 4)}, start, [5, 1])
+    assert torch.equal(two["w"][1], pruning.scores("random", trained, start, [1])["w"][0])
 
 
 def test_oneshot_chain_and_rate():
