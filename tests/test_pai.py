@@ -146,6 +146,11 @@ def test_snip_experiment_end_to_end_and_the_overlay_figure(repo):
     summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
     assert summary["criterion"] == "snip" and summary["at"] == "init" and "invert" in summary
 
+    shown = json.loads(repo.dvc("plots", "show", "--json").stdout)  # dvc.yaml's accuracy plot draws `invert`
+    values = shown["data"]["test accuracy vs weights remaining"][0]["content"]["data"]["values"]
+    assert not shown.get("errors") and all(v["dvc_inferred_y_value"] != "" for v in values if v["field"] == "invert")
+    assert len([v for v in values if v["field"] == "invert"]) == 3  # r0 (the dense value), r1, r2
+
     repo.run(sys.executable, "-m", "lottery.compare", "--plot", "overlay.png", "snip", "HEAD")
     data = (repo.path / "overlay.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
