@@ -252,11 +252,12 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
         model = models.build(cfg.model.name, trial_seeds(cfg))
         model.load_state_dict(theta0)
         base = {n: torch.ones_like(m) for n, m in prev_mask.items()}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batches, shape = (_score_batches(cfg, data), data["x_train"].shape[1:]) if needs_data else ([], None)
         with one_thread():  # small ops: one thread is ~10x faster on a shared CPU (runtime.one_thread)
             ticket, score = saliency.prune_at_init(p, model, base, kinds, k, batches, shape, gen, "invert" in cfg.controls)
-        log(f"[{name}] scored by {p.criterion} in {time.perf_counter() - t0:.2f}s")
+        log(f"[{name}] scored by {p.criterion} in {time.perf_counter() - t0:.2f}s wall, "  # wall >> CPU: a busy machine
+            f"CPU {time.process_time() - c0:.2f}s")
     inverted = saliency.invert(score, base, masks.kept(ticket)) if "invert" in cfg.controls else None
     return ticket, inverted
 
