@@ -9,7 +9,10 @@ network its own gradient (and its own Hessian-vector product).
 - SNIP (Lee et al. 2019): |g ⊙ w|, g the gradient of the loss averaged over the given batches.
 - GraSP (Wang et al. 2020): the paper scores S = −w ⊙ (H g) and removes the HIGHEST S (its code keeps
   `score <= threshold`). We return w ⊙ (H g) = −S, so that, like every criterion here, the lowest
-  scores go: the same weights GraSP removes. Signed, not |.|. H g by double backward, no temperature.
+  scores go: the same weights GraSP removes. Signed, not |.|. H g by double backward. As in the
+  authors' code (alecwangcq/GraSP, pruner/GraSP.py; also Synaptic-Flow's), the loss of both g and H g
+  is taken on the logits divided by a temperature T = 200 (`GRASP_TEMPERATURE`): at init it flattens
+  the softmax, which changes H g, hence the ranking, not only its scale.
 - SynFlow (Tanaka et al. 2020): data-free, R = sum of the network's output on an all-ones input
   with every parameter replaced by |θ|; score |θ ⊙ ∂R/∂θ|; iterated with the exponential schedule
   (density at step j of J is final_density ** (j / J)), pruning inside the loop.
@@ -38,6 +41,8 @@ from . import masks, pruning
 from .config import PruneConfig
 from .masks import Mask
 from .pruning import PruningError
+
+GRASP_TEMPERATURE = 200.0  # the authors' code divides the logits by T = 200 for both g and H g
 
 
 @dataclass
@@ -127,16 +132,16 @@ def _masked_copy(model: nn.Module, mask: Mask, names: list[str], batches) -> tup
     return net, [params[k] for k in names]
 
 
-def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over networks of each network's mean cross-entropy on its batch."""
-    out = net(x.double())  # (N, B, C)
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Sum over networks of each network's mean cross-entropy on its batch, of the logits / `temperature`."""
+    out = net(x.double()) / temperature  # (N, B, C)
     return F.cross_entropy(out.transpose(1, 2), y.expand(out.shape[0], -1), reduction="none").mean(1).sum()
 
 
-def _gradient(net: nn.Module, weights: list[torch.Tensor], batches) -> list[torch.Tensor]:
+def _gradient(net: nn.Module, weights: list[torch.Tensor], batches, temperature: float = 1.0) -> list[torch.Tensor]:
     total = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
-        for t, g in zip(total, torch.autograd.grad(_loss(net, x, y), weights)):
+        for t, g in zip(total, torch.autograd.grad(_loss(net, x, y, temperature), weights)):
             t.add_(g)
     return [t / len(batches) for t in total]
 
@@ -155,14 +160,15 @@ def snip(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, t
 
 
 def grasp(model: nn.Module, mask: Mask, names: list[str], batches) -> dict[str, torch.Tensor]:
-    """w ⊙ (H g) = −(GraSP's score): g the mean gradient over `batches`, restricted to kept weights; train mode."""
+    """w ⊙ (H g) = −(GraSP's score): g the mean gradient over `batches`, restricted to kept weights, and H the
+    mean Hessian, both of the loss at temperature GRASP_TEMPERATURE; train mode."""
     net, weights = _masked_copy(model, mask, names, batches)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        g = [gi * mask[k] for gi, k in zip(_gradient(net, weights, batches), names)]
+        g = [gi * mask[k] for gi, k in zip(_gradient(net, weights, batches, GRASP_TEMPERATURE), names)]
         hg = [torch.zeros_like(w) for w in weights]
         for x, y in batches:  # H g by double backward, batch by batch (the mean Hessian times g)
-            grads = torch.autograd.grad(_loss(net, x, y), weights, create_graph=True)
+            grads = torch.autograd.grad(_loss(net, x, y, GRASP_TEMPERATURE), weights, create_graph=True)
             z = sum((a * b).sum() for a, b in zip(grads, g))
             for h, d in zip(hg, torch.autograd.grad(z, weights)):
                 h.add_(d)

@@ -205,15 +205,16 @@ def winning_round(df: pd.DataFrame, tolerance: float) -> str:
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per round: ticket weights remaining and each variant's mean test accuracy.
 
-    At r0 every network is dense, so the controls take the dense value there.
+    At r0 every network is dense, so the controls take the dense value there. Every variant of VARIANTS
+    has a column, empty where it was not trained: `dvc plots show` drops the whole plot when a field
+    dvc.yaml's top-level plot names is missing from the file.
     """
     mean = df.groupby(["index", "variant"])[["weights_remaining", "test_accuracy"]].mean().reset_index()
     wide = mean.pivot(index="index", columns="variant", values="test_accuracy")
     table = pd.DataFrame({"round": [f"r{i}" for i in wide.index]}, index=wide.index)
     table["weights_remaining"] = mean[mean["variant"] == "ticket"].set_index("index")["weights_remaining"].round(4)
     for v in VARIANTS:
-        if v in wide:
-            table[v] = wide[v].fillna(wide["ticket"]).round(4)
+        table[v] = wide[v].fillna(wide["ticket"]).round(4) if v in wide else float("nan")
     return table.reset_index(drop=True)
 
 

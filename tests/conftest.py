@@ -102,12 +102,10 @@ def make_repo(path: Path, env: dict, overrides: dict) -> Repo:
 def one_thread():
     """In-process tests use small tensors: intra-op threads only add synchronisation cost
     (and stall badly when the machine is busy). Stage subprocesses keep torch's default."""
-    import torch
+    from lottery.runtime import one_thread as single
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ the criterion in the results and the overlay figure of `python -m lottery.compar
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_pai_round_k_keeps_imp_round_k_counts_and_ignores_the_previous_weights(t
         assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in want.items()}
     assert any(not torch.equal(stack.ticket_mask[k], imp[2][k]) for k in want)  # its own choice, not IMP's
     assert len(logged) == 1 and logged[0].startswith(f"[r3] scored by {criterion} in ") and logged[0].endswith("s")
+    assert re.fullmatch(rf"\[r3\] scored by {criterion} in \d+\.\d\ds wall, CPU \d+\.\d\ds", logged[0]), logged[0]
 
     # Only the rewind point matters: other weights in the previous round give the same ticket.
     prev, _ = artifacts.load(runs / "r2" / "model.pt", "weights")
@@ -145,6 +147,11 @@ def test_snip_experiment_end_to_end_and_the_overlay_figure(repo):
     assert len(rows[rows["variant"] == "invert"]) == 2 * 2  # r1, r2 x 2 trials
     summary = json.loads((repo.path / "metrics" / "summary.json").read_text())
     assert summary["criterion"] == "snip" and summary["at"] == "init" and "invert" in summary
+
+    shown = json.loads(repo.dvc("plots", "show", "--json").stdout)  # dvc.yaml's accuracy plot draws `invert`
+    values = shown["data"]["test accuracy vs weights remaining"][0]["content"]["data"]["values"]
+    assert not shown.get("errors") and all(v["dvc_inferred_y_value"] != "" for v in values if v["field"] == "invert")
+    assert len([v for v in values if v["field"] == "invert"]) == 3  # r0 (the dense value), r1, r2
 
     repo.run(sys.executable, "-m", "lottery.compare", "--plot", "overlay.png", "snip", "HEAD")
     data = (repo.path / "overlay.png").read_bytes()

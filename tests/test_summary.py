@@ -104,6 +104,19 @@ def test_accuracy_table_has_one_row_per_round():
     assert list(t["round"]) == ["r0", "r1", "r2", "r3"]
     assert list(t["ticket"]) == [88.2, 88.7, 88.0, 87.5]
     assert t["reinit"].iloc[0] == 88.2  # dense round: the controls equal the dense network
+    assert list(t.columns) == ["round", "weights_remaining", *summary.VARIANTS]  # dvc.yaml's plot names each one
+    assert t["invert"].isna().all()  # not trained: an empty column
+
+
+def test_dvc_plots_show_draws_the_accuracy_plot_of_a_run_without_invert(repo):
+    """dvc.yaml's top-level plot names every variant: one not trained is an empty column, not a missing field
+    (DVC would drop the whole plot). tests/test_pai.py checks the run with `invert`."""
+    shown = json.loads(repo.dvc("plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown["errors"]
+    values = shown["data"]["test accuracy vs weights remaining"][0]["content"]["data"]["values"]
+    assert {v["field"] for v in values} == {"ticket", "reinit", "random", "invert"}
+    assert {v["dvc_inferred_y_value"] for v in values if v["field"] == "invert"} == {""}
+    assert all(v["dvc_inferred_y_value"] != "" for v in values if v["field"] != "invert")
 
 
 def test_figures_report_and_ticket_of_a_real_run(template):
