@@ -202,7 +202,7 @@ def test_stacked_training_equals_one_by_one_resnet20(float64):
     _train_stack_and_alone("resnet-20", data, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["conv-2", "resnet-20"])
+@pytest.mark.parametrize("name", ["conv-2", "vgg-19", "resnet-20"])  # conv-4/6: conv-2's layers, deeper
 def test_masked_training_keeps_pruned_conv_weights_zero(name):
     model = models.build(name, [0, 1])
     mask = half_mask(model)

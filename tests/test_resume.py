@@ -60,17 +60,18 @@ def test_resumed_training_is_bit_identical(tmp_path, train_kw):
 
 
 def test_kill_9_during_a_round_then_repro_matches_an_uninterrupted_run(template, tmp_path):
-    longer = {"train": {"iterations": 3000, "eval_every": 50, "checkpoint_seconds": 0.3}}
+    # long enough for round@r1 to be killed mid-training; r2 and summarize add nothing to what is checked
+    longer = {"train": {"iterations": 2000, "eval_every": 50, "checkpoint_seconds": 0.2}}
     reference = Repo(tmp_path / "ref", env_for(tmp_path))
     shutil.copytree(template.path, reference.path, symlinks=True)
     reference.set_params(longer)
-    assert ran(reference.dvc("repro").stdout) == ["dense", "round@r1", "round@r2", "summarize"]
+    assert ran(reference.dvc("repro", "round@r1").stdout) == ["dense", "round@r1"]
 
     repo = Repo(tmp_path / "killed", env_for(tmp_path))
     shutil.copytree(template.path, repo.path, symlinks=True)
     repo.set_params(longer)
     scratch = repo.path / ".dvc" / "tmp" / "lottery-resume"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo.path, env=repo.env,
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "round@r1"], cwd=repo.path, env=repo.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for round@r1 to have written a resume point
@@ -85,10 +86,9 @@ def test_kill_9_during_a_round_then_repro_matches_an_uninterrupted_run(template,
     assert not (repo.path / "runs/r1/model.pt").exists()  # no stale partial output
     assert not list((repo.path / "runs/r1").glob(".*.tmp")) if (repo.path / "runs/r1").exists() else True
 
-    out = repo.dvc("repro").stdout
-    assert "dense" not in ran(out)  # the finished round is not recomputed
-    assert ran(out)[0] == "round@r1" and "resumed from" in out
-    for r in ("r0", "r1", "r2"):
+    out = repo.dvc("repro", "round@r1").stdout
+    assert ran(out) == ["round@r1"] and "resumed from" in out  # the finished dense round is not recomputed
+    for r in ("r0", "r1"):
         for f in ("mask.pt", "model.pt", "controls.pt", "metrics.json"):
             assert (repo.path / "runs" / r / f).read_bytes() == (reference.path / "runs" / r / f).read_bytes(), (r, f)
     assert list(scratch.glob("*.pt")) == []
