@@ -1,9 +1,10 @@
 """The cost of instability analysis: one round with and without `instability.enabled`, the same stack otherwise.
 
 Runs `rounds.run_round` (start-up excluded: data loaded once per run, as a stage does) for round r1 of the
-default experiment (LeNet-300-100, 2 trials, ticket + reinit + random; + 2 copies with instability), in
-alternation over `--passes` passes, keeping each case's best; prints the ratio and the share of the round
-the interpolation (30 points, test set + 5,000 training examples) takes. Asserts nothing.
+default experiment (LeNet-300-100, 2 trials, ticket + reinit + random; + 2 copies with instability), the
+two cases in alternation over `--passes` passes; prints each case's median, the ratio (the median of the
+per-pass ratios, each pass against its own run without), the share of the round the interpolation
+(30 points, test set + 5,000 training examples) takes, and every pass. Asserts nothing.
 
     python benchmarks/instability.py [--data data/prepared.pt] [--iterations 3000] [--passes 2]
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import shutil
 import tempfile
 import time
@@ -56,24 +58,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("data/prepared.pt"))
     ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--passes", type=int, default=3)
     args = ap.parse_args()
     configure_runtime("cpu", "float32")
     with tempfile.TemporaryDirectory() as tmp:
         data = _data(args.data, Path(tmp))
-        best: dict[bool, tuple[float, float]] = {}
-        for _ in range(args.passes):
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for i in range(args.passes):
             for on in (False, True):
                 cfg = config.from_dict({"train": {"iterations": args.iterations, "log_every": 0},
                                         "prune": {"rounds": 15, "chain": config.chain(15)}, "instability": {"enabled": on}})
-                r = one_round(cfg, Path(tmp) / "runs", data)
-                best[on] = min(best.get(on, r), r)
-    (off, _), (on, curve) = best[False], best[True]
+                runs[on].append(one_round(cfg, Path(tmp) / "runs", data))
+                print(f"  pass {i + 1}/{args.passes} instability {'on ' if on else 'off'}: {runs[on][-1][0]:.1f}s"
+                      + (f" (line {runs[on][-1][1]:.1f}s)" if on else ""), flush=True)
+    off, on = [r[0] for r in runs[False]], [r[0] for r in runs[True]]
+    line = [r[1] for r in runs[True]]
     print(f"instability cost, round r1 of the default experiment ({args.iterations} iterations, 2 trials, "
-          f"{'data ' + str(args.data) if args.data.exists() else 'random data'}; best of {args.passes} passes):")
-    print(f"  without: {off:7.1f}s  (6 networks)")
-    print(f"  with:    {on:7.1f}s  (8 networks + the 30-point line: {curve:.1f}s, {100 * curve / on:.1f}% of the round)")
-    print(f"  ratio:   {on / off:.2f}x")
+          f"{'data ' + str(args.data) if args.data.exists() else 'random data'}; median of {args.passes} interleaved passes):")
+    print(f"  without: {statistics.median(off):7.1f}s  (6 networks)")
+    print(f"  with:    {statistics.median(on):7.1f}s  (8 networks + the 30-point line: {statistics.median(line):.1f}s, "
+          f"{statistics.median(100 * c / t for c, t in zip(line, on)):.1f}% of the round)")
+    print(f"  ratio:   {statistics.median(t / o for t, o in zip(on, off)):.2f}x  (target <= 1.4x; line < 10% of the round)")
+    print("  per pass (without / with / line, s): "
+          + ", ".join(f"{o:.1f} / {t:.1f} / {c:.1f}" for o, t, c in zip(off, on, line)))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ STABLE = 2.0  # instability (percentage points) at or below which a network is s
 TRAIN_SUBSET = 5000
 BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
 # Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
-# examples, 1 thread, best of 3) stacks of 30 took 13.2 s, of 60 24.9 s: the first layer's output
-# of 60 networks for 1,000 examples is 72 MB, allocated and page-faulted in again for every batch.
+# examples, 2 threads, at a load of 7 on 2 cores) stacks of 30 took 12-13 s, of 60 10 s, of 7 37 s
+# (before MLPLine kept its buffer: 20-33 s, 25 s, 48 s); memory grows with the stack.
 STACK = 30
 
 
@@ -140,23 +140,35 @@ class MLPLine(nn.Module):
     each point runs only the layers after it (LeNet-300-100: the first layer is 88% of the
     multiply-adds). Exact at α = 0 and 1 and where a == b (torch.lerp); elsewhere equal to
     evaluating the interpolated network (`nets`, which holds the chunk's state) up to float rounding.
+
+    The points' first-layer outputs (30 networks x 1,000 examples x 300: 36 MB, over glibc's largest
+    heap block, so a fresh one would be mmapped and page-faulted in for every batch) go to one buffer
+    kept across batches, written run by run of points of one pair (broadcast, no gathered copies).
     """
 
     def __init__(self, nets: models.MLP, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
                  pairs: torch.Tensor, alphas: torch.Tensor):
         super().__init__()
         device = state_a["layers.0.weight"].device
-        used, local = (t.to(device) for t in torch.unique(pairs, return_inverse=True))
+        used, counts = torch.unique_consecutive(pairs, return_counts=True)  # pairs: non-decreasing (pair-major)
+        used = used.to(device)
         w = torch.cat([state_a["layers.0.weight"][used], state_b["layers.0.weight"][used]])
         self.ends = models.StackedLinear(len(w), w.shape[2], w.shape[1]).to(device)
         self.ends.load_state_dict({"weight": w, "bias": torch.cat([state_a["layers.0.bias"][used],
                                                                    state_b["layers.0.bias"][used]])})
-        self.nets, self.a, self.b = nets, local, local + len(used)
+        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        self.runs = [(u, len(used) + u, slice(lo, hi)) for u, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+        self.nets, self.buf = nets, torch.empty(0)
         self.w = alphas.to(device, w.dtype).view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the shared input (1, B, ...) of `evaluate`
-        h = self.ends(x.flatten(2))  # (2 x pairs, B, out)
-        return models._fc_forward(self.nets.layers[1:], torch.relu(torch.lerp(h[self.a], h[self.b], self.w)))
+        h = self.ends(x.flatten(2))  # (2 x pairs, B, out), a transposed view of (2 x pairs, out, B)
+        n, b, d = len(self.w), h.shape[1], h.shape[2]
+        if self.buf.shape != (n, b, d):
+            self.buf = h.new_empty(n, d, b).transpose(1, 2)  # the layout the next layer reads without a copy
+        for a, z, points in self.runs:
+            torch.lerp(h[a], h[z], self.w[points], out=self.buf[points])
+        return models._fc_forward(self.nets.layers[1:], self.buf.relu_())
 
 
 def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tensor],
