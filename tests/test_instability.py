@@ -220,3 +220,14 @@ def test_batchnorm_interpolate_and_recompute(resnet_pair):
     ins.recompute_bn(model, data["x_train"][subset], rows)
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
     model.load_state_dict(before)
+
+
+def test_batchnorm_same_network_is_flat_in_both_modes(resnet_pair):
+    """A line from a network to itself: every point is that network, in both modes, so instability is exactly 0."""
+    _, data, a, _ = resnet_pair
+    subset = ins.train_subset(128, 64)
+    for bn in ("interpolate", "recompute"):
+        c = ins.curve("resnet-20", a, a, data, subset, bn=bn, points=4, stack=3, batch_size=16, bn_batches=3)
+        for split in ("test", "train"):
+            assert c[f"{split}_error"][0] == [c[f"{split}_error"][0][0]] * 4
+            assert c[f"{split}_instability"] == [0.0]
