@@ -113,7 +113,8 @@ def percent_error(acc: torch.Tensor, n: int) -> torch.Tensor:
 def recompute_bn(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> None:
     """Reset every BatchNorm's running statistics and re-estimate them over the batches x[rows[k]]:
     train-mode forwards, cumulative average (momentum 1/(k+1) at batch k, torch's momentum=None)."""
-    bns = [m for m in model.modules() if isinstance(m, models.StackedBatchNorm2d)]
+    # the built-in stacked BatchNorm, and torch's own in your network's stack (lottery.generic)
+    bns = [m for m in model.modules() if isinstance(m, (models.StackedBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
     if not bns:
         return
     was_training, momenta = model.training, [m.momentum for m in bns]

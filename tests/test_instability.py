@@ -231,3 +231,21 @@ def test_batchnorm_same_network_is_flat_in_both_modes(resnet_pair):
         for split in ("test", "train"):
             assert c[f"{split}_error"][0] == [c[f"{split}_error"][0][0]] * 4
             assert c[f"{split}_instability"] == [0.0]
+
+
+def test_recompute_bn_reaches_the_batchnorm_of_your_own_network():
+    """lottery.generic stacks torch's nn.BatchNorm1d: one batch, momentum 1 -> each network's statistics are
+    exactly that batch's (after its own first layer)."""
+    from lottery import generic
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+    torch.manual_seed(0)
+    stack = generic.GenericStack([build() for _ in range(2)]).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    ins.recompute_bn(stack, x, torch.arange(8)[None])
+    for i in range(2):
+        h = x[:8] @ stack.state_dict()["0.weight"][i].T + stack.state_dict()["0.bias"][i]
+        assert torch.allclose(stack.state_dict()["1.running_mean"][i], h.mean(0), atol=1e-12)
+        assert torch.allclose(stack.state_dict()["1.running_var"][i], h.var(0), atol=1e-12)
