@@ -11,6 +11,10 @@ soon as the stage is done (a retried task trains only what is missing), then rec
 experiment (`dvc exp run`, every stage restored) and pushes its ref to the git remote. The driver
 prints one line per change of an experiment's state and finally pulls every finished experiment,
 so `dvc exp show` and `dvc metrics diff` work as after local runs.
+
+Faults: a task whose worker or node dies is rerun by Ray (`--max-retries`) and restores what it had pushed; a
+failed experiment is reported with its error line and the others go on (exit 2 at the end); Ctrl-C cancels every
+experiment not finished (a running one with its DVC process group), pulls the finished ones and exits 130.
 """
 from __future__ import annotations
 
@@ -65,9 +69,10 @@ def _run(cmd: list[str], cwd, env, on_line=None, timeout: float | None = None, m
         p.wait()
         raise
     if p.returncode != 0:
-        tail = ([x for x in err if x.startswith("error:")] or [x for x in err if x.startswith("ERROR")]
-                or [x for x in err if x.strip()][-1:] or [f"`{' '.join(cmd[:4])}` failed: exit {p.returncode}"])
-        raise ClusterError(tail[-1] if tail[-1].startswith(("error:", "ERROR")) else f"`{' '.join(cmd[:4])}` failed: {tail[-1]}")
+        # the stage's own one-line error first, then DVC's
+        errors = [x for x in err if x.startswith("error:")] or [x for x in err if x.startswith("ERROR")]
+        last = [x for x in err if x.strip()][-1:] or [f"exit {p.returncode}"]
+        raise ClusterError(errors[-1] if errors else f"`{' '.join(cmd[:4])}` failed: {last[0]}")
     return lines
 
 
