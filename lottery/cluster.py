@@ -34,6 +34,8 @@ from pathlib import Path
 from .config import ConfigError, LotteryError, load
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
+# Ray lowers its workers' priority by 15 (niceness); an experiment owns the CPUs it asked for: normal priority
+NORMAL_PRIORITY = {"env_vars": {"RAY_worker_niceness": "0"}}
 ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS|OMP_NUM_THREADS)$")  # sent to tasks
 
 
@@ -230,7 +232,7 @@ def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, s
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()  # dies with no worker
     task = ray.remote(run_experiment).options(num_cpus=args.cpus_per_experiment, num_gpus=args.gpus_per_experiment,
-                                              max_retries=args.max_retries)
+                                              max_retries=args.max_retries, runtime_env=NORMAL_PRIORITY)
     env = {k: v for k, v in os.environ.items() if ENV_KEYS.match(k)}
     prefix = args.name or f"cl-{sha[:7]}"
     refs = {}
