@@ -77,8 +77,9 @@ def ray_cluster():
         yield c
     finally:
         c.shutdown()
-        for clone in Path(tempfile.gettempdir()).glob("lottery-sw-*"):  # a killed attempt's clone (no cleanup ran)
-            shutil.rmtree(clone, ignore_errors=True)
+        for pattern in ("lottery-sw-*", "lottery-ff-*"):  # the clones of a killed attempt and of a cancelled task
+            for clone in Path(tempfile.gettempdir()).glob(pattern):
+                shutil.rmtree(clone, ignore_errors=True)
 
 
 def _kill_node(c, node) -> None:
