@@ -5,7 +5,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup repro test bench params dataset clean
+.PHONY: setup repro test bench bench-cluster params dataset clean
 
 setup: $(VENV)/.installed dataset
 
@@ -41,3 +41,7 @@ bench: setup
 	$(PY) benchmarks/presets.py
 	$(PY) benchmarks/generic.py
 	$(PY) benchmarks/instability.py
+
+# Ray clusters on this machine (1 vs 2 worker nodes, and one experiment against a local run): minutes
+bench-cluster: setup
+	$(PY) benchmarks/cluster.py

@@ -11,6 +11,10 @@ soon as the stage is done (a retried task trains only what is missing), then rec
 experiment (`dvc exp run`, every stage restored) and pushes its ref to the git remote. The driver
 prints one line per change of an experiment's state and finally pulls every finished experiment,
 so `dvc exp show` and `dvc metrics diff` work as after local runs.
+
+Faults: a task whose worker or node dies is rerun by Ray (`--max-retries`) and restores what it had pushed; a
+failed experiment is reported with its error line and the others go on (exit 2 at the end); Ctrl-C cancels every
+experiment not finished (a running one with its DVC process group), pulls the finished ones and exits 130.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +34,8 @@ from pathlib import Path
 from .config import ConfigError, LotteryError, load
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
+# Ray lowers its workers' priority by 15 (niceness); an experiment owns the CPUs it asked for: normal priority
+NORMAL_PRIORITY = {"env_vars": {"RAY_worker_niceness": "0"}}
 ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS|OMP_NUM_THREADS)$")  # sent to tasks
 
 
@@ -37,11 +44,38 @@ class ClusterError(LotteryError, RuntimeError):
 
 
 def _sh(*cmd: str, cwd: str | Path = ".", env: dict | None = None, timeout: float | None = None) -> str:
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run `cmd` in its own process group; its stdout (a ClusterError naming its last error line on failure)."""
+    lines = _run(list(cmd), cwd, env, timeout=timeout, merge=False)
+    return "".join(f"{x}\n" for x in lines)
+
+
+def _run(cmd: list[str], cwd, env, on_line=None, timeout: float | None = None, merge: bool = True) -> list[str]:
+    """Run `cmd` in its own process group, passing each output line to `on_line`; its lines (stdout and stderr,
+    or stdout alone with merge=False). An exception here (a cancelled task's KeyboardInterrupt) kills the whole
+    group, DVC and the stage it runs, so nothing of a cancelled experiment keeps running."""
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                         stderr=subprocess.STDOUT if merge else subprocess.PIPE)
+    try:
+        if merge:
+            lines = []
+            for line in p.stdout:
+                lines.append(line.rstrip("\n"))
+                on_line and on_line(lines[-1])
+            p.wait()
+            err = lines
+        else:
+            out, err = p.communicate(timeout=timeout)
+            lines, err = out.splitlines(), err.splitlines() or out.splitlines()
+    except BaseException:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
     if p.returncode != 0:
-        tail = (p.stderr.strip() or p.stdout.strip()).splitlines()
-        raise ClusterError(f"`{' '.join(cmd[:4])}` failed: {tail[-1] if tail else f'exit {p.returncode}'}")
-    return p.stdout
+        # the stage's own one-line error first, then DVC's
+        errors = [x for x in err if x.startswith("error:")] or [x for x in err if x.startswith("ERROR")]
+        last = [x for x in err if x.strip()][-1:] or [f"exit {p.returncode}"]
+        raise ClusterError(errors[-1] if errors else f"`{' '.join(cmd[:4])}` failed: {last[0]}")
+    return lines
 
 
 def _dvc(*args: str, cwd: str | Path = ".", env: dict | None = None) -> str:
@@ -126,19 +160,6 @@ class Progress:
 IT_LINE = re.compile(r"^\[(\w+)\] it\s+(\d+)/(\d+)")
 
 
-def _stream(cmd: list[str], cwd: Path, env: dict, on_line) -> list[str]:
-    """Run `cmd`, passing each output line to `on_line`; returns the lines (ClusterError on failure)."""
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in p.stdout:
-        lines.append(line.rstrip("\n"))
-        on_line(lines[-1])
-    if p.wait() != 0:
-        errors = [x for x in lines if x.startswith(("ERROR", "error:"))] or lines[-1:] or [f"exit {p.returncode}"]
-        raise ClusterError(errors[-1])
-    return lines
-
-
 def run_experiment(spec: dict, progress) -> dict:
     """One experiment in its own clone: restore, run stage by stage pushing each, record, push the ref."""
     import ray
@@ -150,6 +171,12 @@ def run_experiment(spec: dict, progress) -> dict:
     exp, report = spec["name"], lambda text: progress.update.remote(spec["name"], text)
     report(f"running on node {node}: cloning")
     work = Path(tempfile.mkdtemp(prefix=f"lottery-{exp}-"))
+    seconds, clock = {"clone": 0.0, "stages": 0.0, "push": 0.0, "record": 0.0}, [time.monotonic()]
+
+    def lap(phase: str) -> None:
+        seconds[phase] += time.monotonic() - clock[0]
+        clock[0] = time.monotonic()
+
     try:
         _sh("git", "clone", "-q", "--no-checkout", spec["git_url"], str(work), env=env)
         _sh("git", "fetch", "-q", "origin", spec["ref"], cwd=work, env=env)
@@ -161,6 +188,7 @@ def run_experiment(spec: dict, progress) -> dict:
         stages = [s for s in _dvc("stage", "list", "--name-only", cwd=work, env=env).split() if s != "check"]
         ran: list[str] = []
         last = [0.0]
+        lap("clone")
 
         def on_line(line: str) -> None:
             m = IT_LINE.match(line)
@@ -170,14 +198,19 @@ def run_experiment(spec: dict, progress) -> dict:
 
         for stage in stages:
             report(f"running on node {node}: {stage}")
-            out = _stream([sys.executable, "-m", "dvc", "repro", "--pull", stage], work, env, on_line)
+            out = _run([sys.executable, "-m", "dvc", "repro", "--pull", stage], work, env, on_line)
             ran += [x.split("'")[1] for x in out if x.startswith("Running stage '") and "'check'" not in x]
+            lap("stages")
             _dvc("push", "--run-cache", stage, cwd=work, env=env)
+            lap("push")
+        report(f"running on node {node}: recording the experiment")
         sets = [a for o in spec["overrides"] for a in ("-S", o)]
         _dvc("exp", "run", "-n", exp, *sets, cwd=work, env=env)
+        lap("record")
         _dvc("exp", "push", "-f", "origin", exp, cwd=work, env=env)
+        lap("push")
         summary = json.loads((work / "metrics" / "summary.json").read_text())
-        return {"name": exp, "node": node, "trained": ran, "summary": summary}
+        return {"name": exp, "node": node, "trained": ran, "summary": summary, "seconds": seconds}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -190,14 +223,16 @@ def _headline(summary: dict) -> str:
 def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, str]) -> tuple[dict, object]:
     """Submit one task per combination; returns {object ref: experiment name} and the progress actor."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     sha = _sh("git", "rev-parse", "HEAD").strip()
     ref = f"refs/lottery-cluster/{sha}"
     _sh("git", "push", "-q", "-f", args.git_remote, f"{sha}:{ref}")  # the commit every worker clones
     _dvc("push", "--run-cache", "-r", args.dvc_remote_name)  # what the driver already computed
-    progress = ray.remote(num_cpus=0)(Progress).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()  # dies with no worker
     task = ray.remote(run_experiment).options(num_cpus=args.cpus_per_experiment, num_gpus=args.gpus_per_experiment,
-                                              max_retries=args.max_retries)
+                                              max_retries=args.max_retries, runtime_env=NORMAL_PRIORITY)
     env = {k: v for k, v in os.environ.items() if ENV_KEYS.match(k)}
     prefix = args.name or f"cl-{sha[:7]}"
     refs = {}
@@ -211,20 +246,21 @@ def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, s
     return refs, progress
 
 
-def watch(refs: dict, progress) -> tuple[list[str], list[str]]:
-    """Print state changes until every task ends; returns (finished, failed) experiment names."""
+def watch(refs: dict, progress, done: list[str], failed: list[str]) -> None:
+    """Print state changes until every task ends, appending to `done` and `failed` as experiments end."""
     import ray
 
-    pending, done, failed, shown = list(refs), [], [], {}
+    pending, shown = list(refs), {}
     while pending:
         ready, pending = ray.wait(pending, timeout=1.0)
         for r in ready:
             name = refs[r]
             try:
                 result = ray.get(r)
+                t = result["seconds"]
                 print(f"[{name}] done on node {result['node']}: {_headline(result['summary'])}; "
-                      f"trained {len(result['trained'])} stage(s): {' '.join(result['trained']) or 'none (all restored)'}",
-                      flush=True)
+                      f"trained {len(result['trained'])} stage(s): {' '.join(result['trained']) or 'none (all restored)'}"
+                      f"; {sum(t.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in t.items())})", flush=True)
                 done.append(name)
             except Exception as e:  # the task's own error (RayTaskError wraps it), or the task was lost
                 cause = getattr(e, "cause", None) or e
@@ -234,7 +270,18 @@ def watch(refs: dict, progress) -> tuple[list[str], list[str]]:
             if shown.get(name) != text and name not in done + failed:
                 print(f"[{name}] {text}", flush=True)
                 shown[name] = text
-    return done, failed
+
+
+def cancel(refs: dict, done: list[str], failed: list[str], grace: float = 60.0) -> None:
+    """Ctrl-C: cancel every task not finished (a queued one never starts; a running one kills its DVC process
+    group), wait up to `grace` seconds for them to end, and count one that finished meanwhile as done."""
+    import ray
+
+    left = [r for r in refs if refs[r] not in done + failed]
+    for r in left:
+        ray.cancel(r)
+    ended, _ = ray.wait(left, num_returns=len(left), timeout=grace) if left else ([], [])
+    done += [refs[r] for r in ended if _ok(r)]
 
 
 def pull(names: list[str], args) -> None:
@@ -279,21 +326,23 @@ def main(argv: list[str] | None = None) -> None:
     urls = remotes(args.dvc_remote, args.git_remote)
     args.dvc_remote_name = args.dvc_remote or _dvc("remote", "default").strip()
     connect(args.address)
-    import ray
-
     refs, progress = submit(args, combos, params_files, urls)
+    done, failed, interrupted = [], [], False
     try:
-        done, failed = watch(refs, progress)
+        watch(refs, progress, done, failed)
     except KeyboardInterrupt:
-        print("[cluster] interrupted: cancelling what has not finished, pulling what has", flush=True)
-        for r in refs:
-            ray.cancel(r)
-        done = [refs[r] for r in refs if ray.wait([r], timeout=0)[0] and _ok(r)]
-        pull(done, args)
-        sys.exit(130)
+        interrupted = True
+        print("[cluster] interrupted: cancelling what has not finished", flush=True)
+        cancel(refs, done, failed)
     pull(done, args)
+    cancelled = [n for n in refs.values() if n not in done + failed]
+    summary = "; ".join([f"{len(done)} of {len(refs)} experiment(s) done"] +
+                        [f"{len(v)} {k}: {', '.join(v)}" for k, v in (("failed", failed), ("cancelled", cancelled)) if v])
+    if interrupted:
+        print(f"error: interrupted: {summary}", file=sys.stderr, flush=True)
+        sys.exit(130)
     if failed:
-        raise ClusterError(f"{len(failed)} of {len(refs)} experiment(s) failed: {', '.join(failed)}")
+        raise ClusterError(summary)
 
 
 def _ok(ref) -> bool:
