@@ -24,6 +24,7 @@ run imp     -S "$with_invert" "$@"
 run snip    -S prune.at=init -S prune.criterion=snip    -S "$with_invert" "$@"
 run grasp   -S prune.at=init -S prune.criterion=grasp   -S "$with_invert" "$@"
 run synflow -S prune.at=init -S prune.criterion=synflow -S "$with_invert" "$@"
-run random  -S prune.at=init -S prune.criterion=random  -S "$(echo "$with_invert" | sed 's/,\?invert//; s/\[,/[/')" "$@"
+# random pruning: its `random` control is the same experiment again and `invert` is undefined: reinit only
+run random  -S prune.at=init -S prune.criterion=random  -S "$(echo "$with_invert" | sed 's/,\?invert//; s/,\?random//; s/\[,/[/')" "$@"
 python -m lottery.compare --plot "$out/pai.png" imp snip grasp synflow random
 dvc exp show --no-pager --csv > "$out/experiments.csv"
