@@ -31,9 +31,9 @@ def one_thread():
     """Run the block on one intra-op thread (torch.set_num_threads(1)), then restore the count.
 
     For many small CPU ops, such as pruning-at-init scoring (SynFlow: 100 batch-1 forward/backward
-    passes and selections over LeNet's 266K weights per network). On this 2-core machine shared with
-    other processes, each op's threads wait for a descheduled sibling: SynFlow's 100 iterations took
-    13.5 s on 2 threads and 1.2 s on one (round 15, two LeNet-300-100s), with identical masks.
+    passes and selections over LeNet's 266K weights per network): on a CPU shared with other
+    processes, each op's threads wait for a descheduled sibling, and one thread is several times
+    faster, with identical results (measured: README, "Pruning at initialization").
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
