@@ -4,14 +4,18 @@ clone + restore + push + record).
 
 Each case gets a fresh copy of the tests' tiny repository (mnist1d, `tests/conftest.py`), a fresh folder DVC
 remote and bare git remote (nothing to restore), and its own Ray test cluster: a head node with no CPU (the
-driver's) and 1 or 2 worker nodes with one CPU each, shut down after. Wall-clock times of the driver process,
-one run each (the machine is shared: compare within one run). Asserts nothing.
+driver's) and 1 or 2 worker nodes with one CPU each, shut down after. Wall-clock times of the driver
+process; the one experiment runs `--passes` times (default 3), cluster and local interleaved, and the
+overhead printed is the median of the per-pass differences (the machine is shared: compare within one run).
+Asserts nothing.
 
-    python benchmarks/cluster.py
+    python benchmarks/cluster.py [--passes 3]
 """
 from __future__ import annotations
 
+import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,27 +63,34 @@ def on_cluster(tmp: Path, name: str, workers: int, overrides: list[str]) -> tupl
 
 
 def local(tmp: Path, overrides: list[str]) -> float:
-    repo = make_repo(tmp / "local", env_for(tmp / "local"), TINY)
+    repo = make_repo(tmp, env_for(tmp), TINY)
     t0 = time.perf_counter()
     repo.dvc("exp", "run", "-n", "local", *_sets(overrides))
     return time.perf_counter() - t0
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passes", type=int, default=3, help="interleaved cluster/local passes of the one experiment")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d:
         tmp = Path(d)
         one_node, _ = on_cluster(tmp, "one", 1, SWEEP)
         two_nodes, _ = on_cluster(tmp, "two", 2, SWEEP)
-        single, out = on_cluster(tmp, "single", 1, ONE)
-        alone = local(tmp, ONE)
-    phases = re.search(r"; ([\d.]+) s \((.*)\)", out)
+        passes = []
+        for i in range(args.passes):  # interleaved, so that a change of the machine's load hits both sides
+            single, out = on_cluster(tmp, f"single{i}", 1, ONE)
+            passes.append((single, local(tmp / f"local{i}", ONE), re.search(r"; ([\d.]+) s \((.*)\)", out)))
     print(f"lottery.cluster on this machine ({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}"
           f" cores, shared); tiny experiments: mnist1d MLP, {' '.join(TINY_EXP)}, 200 iterations; fresh remotes")
     print(f"sweep of 4 ({' '.join(SWEEP[2:])}): 1 worker node {one_node:6.1f} s, 2 worker nodes {two_nodes:6.1f} s: "
           f"ratio {one_node / two_nodes:.2f}x")
-    print(f"one experiment ({' '.join(ONE)}): lottery.cluster {single:5.1f} s (driver wall), local dvc exp run "
-          f"{alone:5.1f} s: overhead {single - alone:+5.1f} s")
-    print(f"  the task's own time: {phases[1]} s ({phases[2]})" if phases else out)
+    for i, (single, alone, phases) in enumerate(passes):
+        print(f"one experiment ({' '.join(ONE)}), pass {i + 1}: lottery.cluster {single:5.1f} s (driver wall), "
+              f"local dvc exp run {alone:5.1f} s: overhead {single - alone:+5.1f} s"
+              + (f"; the task's own time {phases[1]} s ({phases[2]})" if phases else ""))
+    overhead = statistics.median(single - alone for single, alone, _ in passes)
+    print(f"per-experiment overhead of the cluster path: median {overhead:+.1f} s over {len(passes)} pass(es)")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@
 Every combination of the `-S` overrides (Hydra's sweep syntax, expanded by DVC's own code) is
 validated on the driver, then runs as one task on the cluster, in its own clone of the driver's
 commit (`conf/` and `params.yaml` edits of the driver's workspace are carried along, as
-`dvc exp run` would use them). A task restores from the shared DVC remote whatever was already
-computed (`dvc repro --pull`: the run-cache), pushes each stage's outputs and run-cache entry as
-soon as the stage is done (a retried task trains only what is missing), then records the
-experiment (`dvc exp run`, every stage restored) and pushes its ref to the git remote. The driver
-prints one line per change of an experiment's state and finally pulls every finished experiment,
-so `dvc exp show` and `dvc metrics diff` work as after local runs.
+`dvc exp run` would use them). A task drives DVC's Python API in one process (every DVC command
+would cost seconds of start-up and status checks): stage by stage, it restores from the shared DVC
+remote whatever was already computed (`repro --pull`: the run-cache), pushes the stage's outputs
+and run-cache entry as soon as it is done (a retried task trains only what is missing), then
+records the experiment (`exp run`, every stage up to date) and pushes its ref to the git remote.
+The driver prints one line per change of an experiment's state and finally pulls every finished
+experiment, so `dvc exp show` and `dvc metrics diff` work as after local runs.
 
 Faults: a task whose worker or node dies is rerun by Ray (`--max-retries`) and restores what it had pushed; a
 failed experiment is reported with its error line and the others go on (exit 2 at the end); Ctrl-C cancels every
@@ -78,10 +79,6 @@ def _run(cmd: list[str], cwd, env, on_line=None, timeout: float | None = None, m
     return lines
 
 
-def _dvc(*args: str, cwd: str | Path = ".", env: dict | None = None) -> str:
-    return _sh(sys.executable, "-m", "dvc", *args, cwd=cwd, env=env)
-
-
 def sweep(overrides: list[str]) -> list[list[str]]:
     """Every combination of the `-S` overrides, as `dvc exp run --queue` expands them."""
     from dvc.utils.cli_parse import to_path_overrides
@@ -118,8 +115,8 @@ def dirty_params(root: Path = Path(".")) -> dict[str, str]:
     return {f: (root / f).read_text() for f in changed if (root / f).is_file()}
 
 
-def remotes(dvc_remote: str | None, git_remote: str, root: Path = Path(".")) -> tuple[str, str]:
-    """(DVC remote URL, git remote URL), both reachable from the driver, else a ClusterError."""
+def remotes(dvc_remote: str | None, git_remote: str, root: Path = Path(".")) -> tuple[str, str, str]:
+    """(DVC remote name, its URL, git remote URL), both reachable from the driver, else a ClusterError."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
@@ -141,7 +138,7 @@ def remotes(dvc_remote: str | None, git_remote: str, root: Path = Path(".")) -> 
                            "or --git-remote") from None
     if "://" not in url and not Path(url).is_absolute():
         url = str((root / ".dvc" / url).resolve())
-    return url, git_url
+    return name, url, git_url
 
 
 class Progress:
@@ -158,10 +155,11 @@ class Progress:
 
 
 IT_LINE = re.compile(r"^\[(\w+)\] it\s+(\d+)/(\d+)")
+STAGE_LINE = re.compile(r"^\[cluster\] (stage (\S+)|recording|seconds (.*))$")  # what `in_clone` prints
 
 
 def run_experiment(spec: dict, progress) -> dict:
-    """One experiment in its own clone: restore, run stage by stage pushing each, record, push the ref."""
+    """One experiment in its own clone of the driver's commit, run by `in_clone` in one process."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:8]
@@ -171,48 +169,69 @@ def run_experiment(spec: dict, progress) -> dict:
     exp, report = spec["name"], lambda text: progress.update.remote(spec["name"], text)
     report(f"running on node {node}: cloning")
     work = Path(tempfile.mkdtemp(prefix=f"lottery-{exp}-"))
-    seconds, clock = {"clone": 0.0, "stages": 0.0, "push": 0.0, "record": 0.0}, [time.monotonic()]
-
-    def lap(phase: str) -> None:
-        seconds[phase] += time.monotonic() - clock[0]
-        clock[0] = time.monotonic()
-
+    t0, seconds, last = time.monotonic(), {}, [0.0]
     try:
         _sh("git", "clone", "-q", "--no-checkout", spec["git_url"], str(work), env=env)
         _sh("git", "fetch", "-q", "origin", spec["ref"], cwd=work, env=env)
         _sh("git", "checkout", "-q", spec["sha"], cwd=work, env=env)
         for path, text in spec["params_files"].items():
             (work / path).write_text(text)
-        _dvc("remote", "add", "--local", "-f", "-d", "cluster", spec["dvc_url"], cwd=work, env=env)
-        _sh(sys.executable, "-m", "lottery.params", *spec["overrides"], cwd=work, env=env)
-        stages = [s for s in _dvc("stage", "list", "--name-only", cwd=work, env=env).split() if s != "check"]
-        ran: list[str] = []
-        last = [0.0]
-        lap("clone")
+        seconds["clone"] = time.monotonic() - t0
 
         def on_line(line: str) -> None:
-            m = IT_LINE.match(line)
-            if m and time.monotonic() - last[0] > 1:
+            if m := STAGE_LINE.match(line):
+                if m[3]:
+                    seconds.update(json.loads(m[3]))
+                else:
+                    report(f"running on node {node}: {m[2] or 'recording the experiment'}")
+            elif (m := IT_LINE.match(line)) and time.monotonic() - last[0] > 1:
                 last[0] = time.monotonic()
                 report(f"running on node {node}: {m[1]} iteration {m[2]}/{m[3]}")
 
-        for stage in stages:
-            report(f"running on node {node}: {stage}")
-            out = _run([sys.executable, "-m", "dvc", "repro", "--pull", stage], work, env, on_line)
-            ran += [x.split("'")[1] for x in out if x.startswith("Running stage '") and "'check'" not in x]
-            lap("stages")
-            _dvc("push", "--run-cache", stage, cwd=work, env=env)
-            lap("push")
-        report(f"running on node {node}: recording the experiment")
-        sets = [a for o in spec["overrides"] for a in ("-S", o)]
-        _dvc("exp", "run", "-n", exp, *sets, cwd=work, env=env)
-        lap("record")
-        _dvc("exp", "push", "-f", "origin", exp, cwd=work, env=env)
-        lap("push")
+        task = {k: spec[k] for k in ("name", "overrides", "dvc_url")}
+        out = _run([sys.executable, "-m", "lottery.cluster", "--in-clone", json.dumps(task)], work, env, on_line)
+        ran = [x.split("'")[1] for x in out if x.startswith("Running stage '") and "'check'" not in x]
         summary = json.loads((work / "metrics" / "summary.json").read_text())
         return {"name": exp, "node": node, "trained": ran, "summary": summary, "seconds": seconds}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def in_clone(task: dict) -> None:
+    """Run the experiment `task` in this clone, in one process (every DVC command would cost seconds of start-up
+    and status checks): each stage in order, restored from the shared remote's run-cache when it was computed
+    anywhere (`--pull`), else run, then pushed with its run-cache entry; then the experiment recorded (`dvc exp
+    run`: every stage up to date) and its ref pushed to `origin`. Prints `[cluster] ...` lines for the task."""
+    from dvc.config import Config
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import get_active_graph, plan_repro
+
+    from .params import compose
+
+    with Config(dvc_dir=".dvc").edit("local") as conf:
+        conf["remote"]["cluster"] = {"url": task["dvc_url"]}
+        conf["core"]["remote"] = "cluster"
+    compose(task["overrides"])
+    seconds, clock = {"stages": 0.0, "push": 0.0, "record": 0.0}, [time.monotonic()]
+
+    def lap(phase: str) -> None:
+        seconds[phase] += time.monotonic() - clock[0]
+        clock[0] = time.monotonic()
+
+    with Repo() as repo:  # importing dvc set up its logging: its lines as its CLI prints them ("Running stage ...")
+        repo.scm_context.quiet = True  # no "To track the changes with git" hints
+        for stage in [s.addressing for s in plan_repro(get_active_graph(repo.index.graph), list(repo.index.stages))]:
+            print(f"[cluster] stage {stage}", flush=True)
+            repo.reproduce(stage, single_item=True, pull=True)
+            lap("stages")
+            repo.push(stage, run_cache=True)
+            lap("push")
+        print("[cluster] recording", flush=True)
+        repo.experiments.run(params=task["overrides"], name=task["name"])
+        lap("record")
+        repo.experiments.push("origin", [task["name"]], force=True)
+        lap("push")
+    print(f"[cluster] seconds {json.dumps(seconds)}", flush=True)
 
 
 def _headline(summary: dict) -> str:
@@ -223,12 +242,14 @@ def _headline(summary: dict) -> str:
 def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, str]) -> tuple[dict, object]:
     """Submit one task per combination; returns {object ref: experiment name} and the progress actor."""
     import ray
+    from dvc.repo import Repo
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     sha = _sh("git", "rev-parse", "HEAD").strip()
     ref = f"refs/lottery-cluster/{sha}"
     _sh("git", "push", "-q", "-f", args.git_remote, f"{sha}:{ref}")  # the commit every worker clones
-    _dvc("push", "--run-cache", "-r", args.dvc_remote_name)  # what the driver already computed
+    with Repo() as repo:  # what the driver already computed
+        repo.push(remote=args.dvc_remote_name, run_cache=True)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()  # dies with no worker
     task = ray.remote(run_experiment).options(num_cpus=args.cpus_per_experiment, num_gpus=args.gpus_per_experiment,
@@ -285,9 +306,12 @@ def cancel(refs: dict, done: list[str], failed: list[str], grace: float = 60.0) 
 
 
 def pull(names: list[str], args) -> None:
-    for name in names:
-        _dvc("exp", "pull", "-f", "-r", args.dvc_remote_name, args.git_remote, name)
+    """Fetch the experiments' refs from the git remote and their outputs from the DVC remote."""
+    from dvc.repo import Repo
+
     if names:
+        with Repo() as repo:
+            repo.experiments.pull(args.git_remote, names, force=True, pull_cache=True, dvc_remote=args.dvc_remote_name)
         print(f"[cluster] pulled {len(names)} experiment(s): dvc exp show", flush=True)
 
 
@@ -323,8 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     combos = sweep(args.overrides)
     validate(combos)
     params_files = dirty_params()
-    urls = remotes(args.dvc_remote, args.git_remote)
-    args.dvc_remote_name = args.dvc_remote or _dvc("remote", "default").strip()
+    args.dvc_remote_name, *urls = remotes(args.dvc_remote, args.git_remote)
     connect(args.address)
     refs, progress = submit(args, combos, params_files, urls)
     done, failed, interrupted = [], [], False
@@ -363,4 +386,12 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    if sys.argv[1:2] == ["--in-clone"]:  # a task's own process, in its clone (`run_experiment`)
+        from dvc.exceptions import DvcException
+
+        try:
+            in_clone(json.loads(sys.argv[2]))
+        except DvcException as e:  # DVC's own line, as its CLI prints it (a stage's error line came before)
+            sys.exit(f"ERROR: {e}")
+    else:
+        cli()

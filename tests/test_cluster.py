@@ -101,7 +101,8 @@ def _kill_node(c, node) -> None:
 
 def _drive(repo, cmd: list[str], on_line) -> tuple[int, str]:
     """Run the driver, calling `on_line(line, process)` on each output line (stdout and stderr); (exit status, output)."""
-    p = subprocess.Popen(cmd, cwd=repo.path, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=repo.path, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under `pytest &`
     lines = []
     for line in p.stdout:
         lines.append(line)
