@@ -34,7 +34,7 @@ repro: setup
 	dvc repro
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: setup
 	$(PY) benchmarks/train_step.py

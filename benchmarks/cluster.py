@@ -9,14 +9,17 @@ process; the one experiment runs `--passes` times (default 3), cluster and local
 overhead printed is the median of the per-pass differences (the machine is shared: compare within one run).
 Asserts nothing.
 
-    python benchmarks/cluster.py [--passes 3]
+Every experiment runs on `--threads` intra-op threads (default 1, so that two one-CPU nodes are two
+cores' worth of work; with torch's default, one experiment already uses every core of this machine).
+
+    python benchmarks/cluster.py [--passes 3] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,7 +75,10 @@ def local(tmp: Path, overrides: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=3, help="interleaved cluster/local passes of the one experiment")
+    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS of every experiment, cluster and local (the "
+                    "driver forwards it to the tasks; default 1: one thread per one-CPU node)")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = args.threads  # env_for() copies it into every repo's environment
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d:
         tmp = Path(d)
         one_node, _ = on_cluster(tmp, "one", 1, SWEEP)
@@ -81,8 +87,9 @@ def main() -> None:
         for i in range(args.passes):  # interleaved, so that a change of the machine's load hits both sides
             single, out = on_cluster(tmp, f"single{i}", 1, ONE)
             passes.append((single, local(tmp / f"local{i}", ONE), re.search(r"; ([\d.]+) s \((.*)\)", out)))
-    print(f"lottery.cluster on this machine ({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}"
-          f" cores, shared); tiny experiments: mnist1d MLP, {' '.join(TINY_EXP)}, 200 iterations; fresh remotes")
+    print(f"lottery.cluster on this machine ({os.cpu_count()}"
+          f" cores, shared); tiny experiments: mnist1d MLP, {' '.join(TINY_EXP)}, 200 iterations, "
+          f"OMP_NUM_THREADS={args.threads}; fresh remotes")
     print(f"sweep of 4 ({' '.join(SWEEP[2:])}): 1 worker node {one_node:6.1f} s, 2 worker nodes {two_nodes:6.1f} s: "
           f"ratio {one_node / two_nodes:.2f}x")
     for i, (single, alone, phases) in enumerate(passes):

@@ -110,8 +110,23 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory) -> Repo:
-    """A tiny experiment, reproduced once and committed."""
-    tmp = tmp_path_factory.mktemp("template")
+    """A tiny experiment, reproduced once and committed: once per session, shared by pytest-xdist's workers
+    (`make test` runs two), whose base folders sit side by side in the session's folder."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _template(tmp_path_factory.mktemp("template"))
+    tmp = tmp_path_factory.getbasetemp().parent / "template"
+    with FileLock(f"{tmp}.lock"):
+        done = tmp / "done"
+        if not done.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # a worker that died half-way
+            _template(tmp)
+            done.touch()
+    return Repo(tmp / "repo", env_for(tmp))
+
+
+def _template(tmp: Path) -> Repo:
     repo = make_repo(tmp / "repo", env_for(tmp), TINY)
     out = repo.dvc("repro")
     assert out.stdout.startswith("Running stage 'check'"), out.stdout

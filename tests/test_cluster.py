@@ -183,6 +183,16 @@ def test_sweep_on_two_nodes_matches_local_runs_and_reruns_restore(repo, tmp_path
     assert "/ff-2\n" in refs and not re.search(r"/ff-[134]\n", refs), refs
     assert "ff-2" in _metrics(repo) and not {"ff-1", "ff-3", "ff-4"} & set(_metrics(repo)), out
 
+    # A dataset missing on the worker (a data.root with no MNIST, which no download can fill): the check stage
+    # fails there, the driver reports its error line and exits 2; nothing is pushed.
+    cache = _run_cache(tmp_path / "dvc-remote")
+    p = repo.run(*driver, "--name", "dm", "-S", "trials=1", "-S", "data.dataset=mnist", "-S", "model.name=lenet-300-100",
+                 "-S", "data.root=/dev/null/x", check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert re.search(r"\[dm-1\] failed: error: mnist: not found locally \(/dev/null/x/mnist", p.stdout), p.stdout
+    assert p.stderr.strip() == "error: 0 of 1 experiment(s) done; 1 failed: dm-1", p.stderr
+    assert _run_cache(tmp_path / "dvc-remote") == cache and "/dm-1" not in repo.run("git", "ls-remote", "origin").stdout
+
     # The same sweep again, on two nodes: every stage restored from the shared remote, nothing trained.
     ray_cluster.add_node(num_cpus=1)
     ray_cluster.wait_for_nodes()
