@@ -200,3 +200,32 @@ def test_sweep_on_two_nodes_matches_local_runs_and_reruns_restore(repo, tmp_path
     print(again)
     assert again.count("trained 0 stage(s): none (all restored)") == 4, again
     assert {k: v[:2] for k, v in _metrics(repo).items() if k.startswith("sw-")} == {k: shown[k][:2] for k in names}
+
+
+def test_gpu_fractions_pack_experiments_on_one_gpu(repo, tmp_path):
+    """--gpus-per-experiment 0.5 on a node declaring one GPU and three CPUs: two of three experiments run at once
+    (the GPU, not the CPUs, is the limit), the third once one is done, each with `train.device=auto` (the CPU on
+    this machine, which has no CUDA: what is tested is Ray's fractional packing and the override, not CUDA)."""
+    from ray.cluster_utils import Cluster
+
+    _remotes(repo, tmp_path)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=3, num_gpus=1)
+        c.wait_for_nodes()
+        out = repo.run(sys.executable, "-m", "lottery.cluster", "--address", c.address, "--name", "gp",
+                       "--gpus-per-experiment", "0.5", "-S", "trials=1", "-S", "prune.rounds=0",
+                       "-S", "train.iterations=50", "-S", "prune.rate=0.3,0.4,0.5").stdout
+    finally:
+        c.shutdown()
+    print(out)
+    names = ["gp-1", "gp-2", "gp-3"]
+    for name in names:
+        assert re.search(rf"\[{name}\] queued: .* train.device=auto$", out, re.M), out
+    first_done = min(out.index(f"[{n}] done") for n in names)
+    started = [n for n in names if f"[{n}] running" in out[:first_done]]
+    assert len(started) == 2, out  # the third waits for a half GPU, though a CPU is free
+    rows = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    devices = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["train"]["device"]
+               for row in rows for exp in row.get("experiments") or [] for rev in exp.get("revs", [])}
+    assert devices == dict.fromkeys(names, "auto"), devices
