@@ -239,8 +239,9 @@ def _headline(summary: dict) -> str:
     return f"dense {summary['dense_acc']:.2f}%, ticket wins down to {win}% remaining"
 
 
-def submit(args, combos: list[list[str]], params_files: dict, urls: tuple[str, str]) -> tuple[dict, object]:
-    """Submit one task per combination; returns {object ref: experiment name} and the progress actor."""
+def submit(args, combos: list[list[str]], params_files: dict, urls: list[str]) -> tuple[dict, object]:
+    """Submit one task per combination (`urls`: the DVC and the git remote URL); returns {object ref: experiment
+    name} and the progress actor."""
     import ray
     from dvc.repo import Repo
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
