@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY, env_for, make_repo  # noqa: E402  the tests' tiny repository
+from conftest import TINY, add_remotes, env_for, make_repo  # noqa: E402  the tests' tiny repository
 
 TINY_EXP = ["trials=1", "prune.rounds=1"]
 SWEEP = [*TINY_EXP, "prune.rate=0.3,0.5", "seed=0,1"]
@@ -35,11 +35,7 @@ ONE = [*TINY_EXP, "prune.rate=0.3", "seed=0"]
 
 def _repo(tmp: Path, name: str):
     repo = make_repo(tmp / name, env_for(tmp / name), TINY)
-    repo.run("git", "init", "-q", "--bare", str(tmp / f"{name}-origin.git"))
-    repo.run("git", "remote", "add", "origin", str(tmp / f"{name}-origin.git"))
-    repo.dvc("remote", "add", "-d", "shared", str(tmp / f"{name}-dvc-remote"))
-    repo.commit("add remote")
-    repo.run("git", "push", "-q", "origin", "main")
+    add_remotes(repo, tmp / f"{name}-remotes")
     return repo
 
 

@@ -39,9 +39,8 @@ STABLE = 2.0  # instability (percentage points) at or below which a network is s
 # of a 10,000-example test set; and it is the size of the validation split.
 TRAIN_SUBSET = 5000
 BN_BATCHES = 20  # batches that re-estimate BatchNorm statistics at each point (bn="recompute")
-# Networks evaluated at once: one pair's line. For 2 LeNet-300-100 pairs (test set + 5,000 training
-# examples, 2 threads, at a load of 7 on 2 cores) stacks of 30 took 12-13 s, of 60 10 s, of 7 37 s
-# (before MLPLine kept its buffer: 20-33 s, 25 s, 48 s); memory grows with the stack.
+# Networks evaluated at once: one pair's line; memory grows with the stack (timings of stacks of 7, 30
+# and 60: benchmarks/results/2026-11-27-instability.md).
 STACK = 30
 
 

@@ -98,6 +98,17 @@ def make_repo(path: Path, env: dict, overrides: dict) -> Repo:
     return repo
 
 
+def add_remotes(repo: Repo, folder: Path) -> None:
+    """A bare git remote `origin` (folder/origin.git) and a default folder DVC remote (folder/dvc-remote),
+    committed and pushed: what `lottery.cluster` needs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    repo.run("git", "init", "-q", "--bare", str(folder / "origin.git"))
+    repo.run("git", "remote", "add", "origin", str(folder / "origin.git"))
+    repo.dvc("remote", "add", "-d", "shared", str(folder / "dvc-remote"))
+    repo.commit("add remote")
+    repo.run("git", "push", "-q", "origin", "main")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """In-process tests use small tensors: intra-op threads only add synchronisation cost

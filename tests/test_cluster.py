@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ran
+from conftest import add_remotes, ran
 from lottery import cluster
 
 SWEEP = ["-S", "trials=1", "-S", "prune.rounds=1", "-S", "prune.rate=0.3,0.5", "-S", "seed=0,1"]
-
-
-def _remotes(repo, tmp_path) -> None:
-    origin = tmp_path / "origin.git"
-    repo.run("git", "init", "-q", "--bare", str(origin))
-    repo.run("git", "remote", "add", "origin", str(origin))
-    repo.dvc("remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
-    repo.commit("add remote")
-    repo.run("git", "push", "-q", "origin", "main")
 
 
 def _metrics(repo) -> dict[str, tuple]:
@@ -55,7 +46,7 @@ def test_bad_input_is_refused_before_any_task(repo, tmp_path):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "prune.rate" in p.stderr, p.stderr
     p = repo.run(*cmd, check=False)  # no remotes yet
     assert p.returncode == 2 and "no DVC remote" in p.stderr, p.stderr
-    _remotes(repo, tmp_path)
+    add_remotes(repo, tmp_path)
     (repo.path / "lottery" / "masks.py").write_text((repo.path / "lottery" / "masks.py").read_text() + "\n# edit\n")
     p = repo.run(*cmd, check=False)
     assert p.returncode == 2 and "uncommitted code changes in lottery/masks.py" in p.stderr, p.stderr
@@ -124,7 +115,7 @@ def _run_cache(remote: Path) -> dict[str, str]:
 def test_sweep_on_two_nodes_matches_local_runs_and_reruns_restore(repo, tmp_path, ray_cluster):
     """One cluster session: a 2x2 sweep during which a worker node is killed, the same experiments run locally,
     a failed experiment and Ctrl-C on the driver, and the whole sweep again (all restored)."""
-    _remotes(repo, tmp_path)
+    add_remotes(repo, tmp_path)
     driver = [sys.executable, "-m", "lottery.cluster", "--address", ray_cluster.address]
     cmd = [*driver, "--name", "sw", *SWEEP]
     workers = {n.node_id[:8]: n for n in ray_cluster.worker_nodes}
@@ -208,7 +199,7 @@ def test_gpu_fractions_pack_experiments_on_one_gpu(repo, tmp_path):
     this machine, which has no CUDA: what is tested is Ray's fractional packing and the override, not CUDA)."""
     from ray.cluster_utils import Cluster
 
-    _remotes(repo, tmp_path)
+    add_remotes(repo, tmp_path)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         c.add_node(num_cpus=3, num_gpus=1)
