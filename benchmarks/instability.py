@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lottery import artifacts, config, rounds
-from lottery.data import save_prepared
+from lottery.data import prepared_params, save_prepared
 from lottery.runtime import configure_runtime
 
 
@@ -35,7 +35,7 @@ def _data(path: Path | None, tmp: Path) -> Path:
          "x_val": torch.randn(5000, 1, 28, 28, generator=g), "y_val": torch.randint(0, 10, (5000,), generator=g),
          "x_test": torch.randn(10000, 1, 28, 28, generator=g), "y_test": torch.randint(0, 10, (10000,), generator=g),
          "mean": torch.zeros(1), "std": torch.ones(1)}
-    save_prepared(d, tmp / "prepared.pt")
+    save_prepared(d, tmp / "prepared.pt", prepared_params(config.from_dict({"prune": {"rounds": 15, "chain": config.chain(15)}})))
     return tmp / "prepared.pt"
 
 

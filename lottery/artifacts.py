@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-from .config import LotteryError
+from .config import LotteryError, dvc_stage
 
 # errno of a write that failed for want of room (or of a writable disk) -> ArtifactError naming the file
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
@@ -133,6 +133,10 @@ def load(path: Path, kind: str, expect: dict[str, Any] | None = None) -> tuple[d
     if meta.get("kind") != kind:
         raise ArtifactError(f"{path}: holds a {meta.get('kind')!r} artifact, expected {kind!r}")
     for key, want in (expect or {}).items():
+        if key == "params" and meta.get(key) != want:
+            stage = "prepare" if kind == "prepared" else dvc_stage(str(meta.get("round")))
+            raise ArtifactError(f"{path}: written with other values of stage '{stage}'s params than params.yaml's "
+                                f"(params digest {meta.get(key)!r}, expected {want!r}); `dvc repro` brings it up to date")
         if meta.get(key) != want:
             raise ArtifactError(f"{path}: metadata {key}={meta.get(key)!r} does not match this run's {want!r}")
     return tensors, meta

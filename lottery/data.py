@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, is_import_path
+from .config import STAGE_PARAMS, Config, ConfigError, is_import_path
 from .raw import DataError, describe
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28), "mnist1d": (40,),
@@ -133,7 +133,7 @@ def _load_svhn(files: dict[str, dict]) -> dict[str, np.ndarray]:
 
 def _load_user(name: str) -> dict[str, np.ndarray]:
     """Your own loader (data.dataset 'package.module:loader'): x, y, x_test, y_test, or a (train, test) pair of
-    map-style datasets of (tensor, int) items; checked: lengths, integer labels, one example shape."""
+    map-style datasets of (tensor, int) items; checked by `check_raw` like every dataset."""
     from .generic import load_factory
 
     loader = load_factory(name, "data.dataset")
@@ -148,17 +148,42 @@ def _load_user(name: str) -> dict[str, np.ndarray]:
         raise ConfigError(f"data.dataset: {name}() returned {len(out)} values, expected x, y, x_test, y_test "
                           "or a (train, test) pair of datasets")
     raw = dict(zip(["x", "y", "x_test", "y_test"], (np.asarray(v.numpy() if torch.is_tensor(v) else v) for v in out)))
-    for split in ("", "_test"):
-        x, y = raw[f"x{split}"], raw[f"y{split}"]
-        if len(x) != len(y):
-            raise ConfigError(f"data.dataset: {name}(): x{split} has {len(x)} examples but y{split} {len(y)} labels")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-            raise ConfigError(f"data.dataset: {name}(): y{split} is {y.dtype} {y.shape}, expected integer labels >= 0")
-    if raw["x"].shape[1:] != raw["x_test"].shape[1:]:
-        raise ConfigError(f"data.dataset: {name}(): examples {raw['x'].shape[1:]} in x, {raw['x_test'].shape[1:]} in x_test")
-    if raw["x"].dtype != np.uint8:
+    if all(np.issubdtype(raw[k].dtype, np.number) for k in ("x", "x_test")) and \
+            (raw["x"].dtype != np.uint8 or raw["x_test"].dtype != np.uint8):
         raw["x"], raw["x_test"] = raw["x"].astype(np.float32), raw["x_test"].astype(np.float32)
     return raw
+
+
+def check_raw(name: str, raw: dict[str, np.ndarray]) -> None:
+    """What every dataset's examples and labels must be before the split, built-in or yours, in one line naming
+    `data.dataset` and the split: one label per example, integer labels >= 0, numeric finite inputs of one
+    example shape, and no test label the training set lacks (it would silently add a class to the network)."""
+    def bad(split: str, why: str) -> DataError:
+        return DataError(f"data.dataset: {name}: {split} split: {why}")
+
+    for split, x, y in (("train", raw["x"], raw["y"]), ("test", raw["x_test"], raw["y_test"])):
+        if y.ndim != 1 or len(x) != len(y):
+            raise bad(split, f"{len(x)} examples but labels of shape {y.shape}: expected one label per example")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise bad(split, f"labels are {y.dtype}, expected integers")
+        if len(y) and y.min() < 0:
+            raise bad(split, f"label {int(y.min())} is negative (labels are 0..C-1)")
+        if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
+            raise bad(split, f"examples are {x.dtype} {x.shape}, expected numbers, one example per row")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            where = np.argwhere(~np.isfinite(x))[0]
+            raise bad(split, f"example {where[0]} holds {x[tuple(where)]} (non-finite inputs at "
+                             f"{int((~np.isfinite(x)).sum())} positions)")
+    if raw["x"].shape[1:] != raw["x_test"].shape[1:]:
+        raise bad("test", f"examples of shape {raw['x_test'].shape[1:]}, the training split's are {raw['x'].shape[1:]}")
+    if not len(raw["y"]):
+        raise bad("train", "no examples")
+    unseen = sorted(set(np.unique(raw["y_test"]).tolist()) - set(np.unique(raw["y"]).tolist()))
+    if unseen:
+        raise bad("test", f"label {unseen[0]} does not occur in the training split "
+                          f"({len(unseen)} such label(s); training labels {int(raw['y'].min())}..{int(raw['y'].max())})")
+    if name in CLASSES and max(int(raw["y"].max()), int(raw["y_test"].max(initial=0))) >= CLASSES[name]:
+        raise bad("train", f"label {int(raw['y'].max())} is out of range for {CLASSES[name]} classes")
 
 
 def sizes(data: dict[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
@@ -186,6 +211,7 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
         raw = _load_svhn(record["files"])
     else:
         raw = _load_idx_dataset(d.dataset, record["files"])
+    check_raw(d.dataset, raw)
     n = len(raw["y"])
     if d.validation >= n:
         raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
@@ -193,33 +219,51 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     val, train = perm[: d.validation], np.sort(perm[d.validation :])
     if d.train_subset:
         train = train[: d.train_subset]
+    seen = set(np.unique(raw["y"][train]).tolist())
+    for split, labels in (("validation", raw["y"][val]), ("test", raw["y_test"])):
+        unseen = sorted(set(np.unique(labels).tolist()) - seen)
+        if unseen:
+            raise DataError(f"data.dataset: {d.dataset}: {split} split: label {unseen[0]} does not occur in the "
+                            f"training split left after holding out data.validation={d.validation}"
+                            + (f" and keeping data.train_subset={d.train_subset}" if d.train_subset else ""))
     x = torch.from_numpy(np.ascontiguousarray(raw["x"]))
     y = torch.from_numpy(raw["y"].astype(np.int64))
     x_train = x[torch.from_numpy(train)]
     xf = x_train.float()
     dims = (0, 2, 3) if xf.ndim == 4 else tuple(range(xf.ndim))  # per channel for images
+    std = xf.std(dim=dims, keepdim=True)[0]
+    if not (std > 0).all():
+        raise DataError(f"data.dataset: {d.dataset}: train split: constant inputs (standard deviation 0"
+                        + (f" in channel {int((std <= 0).nonzero()[0][0])})" if std.numel() > 1 else ")")
+                        + ": normalisation would divide by zero")
     return {
         "x_train": x_train, "y_train": y[torch.from_numpy(train)],
         "x_val": x[torch.from_numpy(val)], "y_val": y[torch.from_numpy(val)],
         "x_test": torch.from_numpy(np.ascontiguousarray(raw["x_test"])),
         "y_test": torch.from_numpy(raw["y_test"].astype(np.int64)),
         # per-dataset (per-channel) normalisation, from the training split only
-        "mean": xf.mean(dim=dims, keepdim=True)[0], "std": xf.std(dim=dims, keepdim=True)[0],
+        "mean": xf.mean(dim=dims, keepdim=True)[0], "std": std,
     }
 
 
 PREPARED = [f"{xy}_{split}" for split in ("train", "val", "test") for xy in "xy"] + ["mean", "std"]
 
 
-def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Prepared tensors, normalised to float32 with the training split's mean and std."""
+def prepared_params(cfg: Config) -> str:
+    """The params digest data/prepared.pt records: of exactly the keys `prepare` reads."""
+    return cfg.digest(STAGE_PARAMS["prepare"])
+
+
+def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: str | None = None) -> dict[str, torch.Tensor]:
+    """Prepared tensors, normalised to float32 with the training split's mean and std; with `params`
+    (`prepared_params`), the file must have been prepared with those params."""
     from .artifacts import ArtifactError, load
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared data missing; run `dvc repro prepare`")
     try:
-        raw, _ = load(path, "prepared")
+        raw, _ = load(path, "prepared", None if params is None else {"params": params})
     except ArtifactError as e:
         raise DataError(str(e)) from None
     _check_prepared(path, raw)
@@ -231,13 +275,14 @@ def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict[
     return out
 
 
-def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """data/prepared.pt: an artifact of kind 'prepared' (every tensor's digest recorded)."""
+def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path, params: str | None = None) -> None:
+    """data/prepared.pt: an artifact of kind 'prepared' (every tensor's digest recorded), with the digest of the
+    params it was prepared with (`prepared_params`)."""
     from .artifacts import save
 
     path = Path(path)
     _check_prepared(path, tensors)
-    save(path, tensors, {"kind": "prepared"})
+    save(path, tensors, {"kind": "prepared", **({} if params is None else {"params": params})})
 
 
 def _check_prepared(path: Path, t: dict[str, torch.Tensor]) -> None:

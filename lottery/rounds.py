@@ -9,7 +9,7 @@ Files written per round (all under runs/<round>/):
   controls.pt  masks and trained weights of the controls (and of the ticket's second copy, `copy`,
                with `instability.enabled`)
   metrics.json per-network results (summarize reads these)
-  live/        validation curves of every network, written with DVCLive (`dvc plots show`)
+  live/        validation curves of every network, in DVCLive's layout (`dvc plots show`)
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import torch
 
 from . import artifacts, generic, instability, masks, models, pruning, saliency
 from .artifacts import ArtifactError
-from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor
-from .data import CLASSES, SHAPES, load_prepared, sizes
+from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor, stage_of
+from .data import CLASSES, SHAPES, load_prepared, prepared_params, sizes
 from .runtime import one_thread, resolve_device
 from .training import Orders, train
 
@@ -47,8 +47,7 @@ def round_index(name: str) -> int:
 
 def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     """Artifact metadata; its params digest covers exactly the keys of the stage that writes it (STAGE_PARAMS)."""
-    stage = "init" if round_name == "init" else "dense" if round_name == "r0" else "round"
-    digest = cfg.digest(STAGE_PARAMS[stage])
+    digest = cfg.digest(STAGE_PARAMS[stage_of(round_name)])
     return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
 
 
@@ -99,7 +98,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     trained for `rewind.iteration` iterations (data from `data_path`).
     """
     seeds = trial_seeds(cfg)
-    prepared = load_prepared(data_path) if own(cfg) else None
+    prepared = load_prepared(data_path, params=prepared_params(cfg)) if own(cfg) else None
     io = sizes(prepared) if is_import_path(cfg.data.dataset) else None
     model = build_model(cfg, seeds, io)
     names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
@@ -109,7 +108,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         dry_check(cfg, model, prepared)
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
-        data = load_prepared(data_path, device)
+        data = load_prepared(data_path, device, prepared_params(cfg))
         model.to(device)
         log(f"[init] training {len(seeds)} dense network(s) to iteration {k} (the rewind point θk)")
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
@@ -122,7 +121,8 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
 
 def _load_round(cfg: Config, runs: Path, name: str, reference: dict[str, torch.Tensor], names: list[str]):
     """The ticket weights and mask a round wrote, checked against each other and this run."""
-    expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg)}
+    expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg),
+              "params": cfg.digest(STAGE_PARAMS[stage_of(name)])}
     weights, meta = artifacts.load(runs / name / "model.pt", "weights", expect)
     artifacts.check_like(runs / name / "model.pt", weights, reference)
     mask, _ = artifacts.load(runs / name / "mask.pt", "mask", expect)
@@ -274,7 +274,7 @@ def _score_batches(cfg: Config, data: dict) -> list:
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
     device = resolve_device(cfg.train.device, cfg.train.precision)
-    data = load_prepared(data_path, device)
+    data = load_prepared(data_path, device, prepared_params(cfg))
     stack = build_stack(cfg, name, prev, runs, data, log)
     stack.model.to(device)
     dry_check(cfg, stack.model, data)
@@ -368,21 +368,25 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
 
 
 def log_curves(folder: Path, order: list[tuple[str, int, int]], curve: list[dict]) -> None:
-    """Every network's validation curve, written with DVCLive (step = iteration), so `dvc plots show`
-    and DVC's editor integrations display them: folder/plots/metrics/<variant>/<trial>/val_{acc,loss}.tsv
-    (accuracy in %). Written beside `folder` and renamed into place: never half a folder."""
-    from dvclive import Live
-
+    """Every network's validation curve in DVCLive's layout (step = iteration), so `dvc plots show` and DVC's
+    editor integrations display them: folder/plots/metrics/<variant>/<trial>/val_{acc,loss}.tsv (accuracy in %)
+    and folder/metrics.json (the last values). Written directly, not through `dvclive.Live`, which asks git for
+    the current revision (it fails in a repository with no commit) and costs most of a second per round.
+    Written beside `folder` and renamed into place: never half a folder."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False, report=None)
-    for row in curve:
-        live.step = row["iteration"]
-        for v, t, i in order:
-            live.log_metric(f"{v}/{t}/val_acc", round(100 * row["val_acc"][i], 4))
-            live.log_metric(f"{v}/{t}/val_loss", round(row["val_loss"][i], 6))
-        live.next_step()
-    live.end()
+    tmp.mkdir(parents=True)
+    last: dict = {}
+    for v, t, i in order:
+        series = {"val_acc": [round(100 * row["val_acc"][i], 4) for row in curve],
+                  "val_loss": [round(row["val_loss"][i], 6) for row in curve]}
+        sub = tmp / "plots" / "metrics" / v / str(t)
+        sub.mkdir(parents=True, exist_ok=True)
+        for key, values in series.items():
+            lines = [f"step\t{key}"] + [f"{row['iteration']}\t{x}" for row, x in zip(curve, values)]
+            (sub / f"{key}.tsv").write_text("\n".join(lines) + "\n")
+        last.setdefault(v, {})[str(t)] = {key: values[-1] for key, values in series.items() if values}
+    (tmp / "metrics.json").write_text(json.dumps({**last, "step": curve[-1]["iteration"] if curve else 0}, indent=4) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import resume
 from .artifacts import atomic_save
 from .config import ConfigError, LotteryError, TrainConfig
 from .masks import Mask
@@ -214,7 +215,7 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
     digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
-    scratch = resume_dir / f"{digest}.pt" if resume_dir else None
+    scratch = resume.point(resume_dir, label, digest) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
     for _ in range(start):  # replay the data orders (and augmentation draws) of iterations 1..k
         orders.skip()

@@ -4,13 +4,14 @@ Runs first, on every repro (always_changed), and imports no torch. A bad params.
 naming the key, before any stage deletes its outputs; a raw file replaced or edited changes
 data/raw.json (path, size, sha256 of each file; mnist1d: generator version and arguments), so
 `prepare` reruns. Your own network's source files (model.name 'package.module:factory') are
-digested likewise into data/code.json, on which the stages that build it depend.
+digested likewise into data/code.json, on which the stages that build it depend. Resume points of rounds
+that have finished since they were saved (trained, or restored from the run-cache) are deleted.
 """
 import argparse
 import json
 from pathlib import Path
 
-from lottery import config, raw
+from lottery import config, raw, resume
 from lottery.cli import run
 
 
@@ -19,6 +20,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/raw.json")
     ap.add_argument("--code", default="data/code.json", help="the source files of your own network, digested")
+    ap.add_argument("--resume-dir", default=".dvc/tmp/lottery-resume", help="swept of finished rounds' resume points")
+    ap.add_argument("--runs", default="runs")
     args = ap.parse_args()
     cfg = config.load(args.params)
     record = raw.describe(cfg.data.dataset, cfg.data.root)
@@ -31,6 +34,8 @@ def main() -> None:
     what = (f"{len(record['files'])} files" if "files" in record else f"loader, {len(record['code'])} source files"
             if "code" in record else "generator " + record["generator"]["version"])
     print(f"[check] {args.params} valid; {cfg.data.dataset}: {what} -> {out}")
+    for f in resume.sweep(Path(args.resume_dir), Path(args.runs)):
+        print(f"[check] deleted {f}: its round has finished since (or it is a leftover)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config.load(args.params)
     tensors = data.prepare(cfg, raw.read_record(args.raw, cfg.data.dataset))
-    data.save_prepared(tensors, Path(args.out))
+    data.save_prepared(tensors, Path(args.out), data.prepared_params(cfg))
     print(f"[prepare] {cfg.data.dataset}: {len(tensors['y_train'])} train / {len(tensors['y_val'])} validation "
           f"/ {len(tensors['y_test'])} test -> {args.out}")
 

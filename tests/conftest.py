@@ -98,6 +98,30 @@ def make_repo(path: Path, env: dict, overrides: dict) -> Repo:
     return repo
 
 
+SCRATCH = Path(".dvc") / "tmp" / "lottery-resume"  # stages.round's default --resume-dir
+
+
+def kill_at_resume_point(repo: Repo, *dvc_args: str, after: str = "runs/r0/metrics.json", timeout: float = 300) -> None:
+    """Start `dvc <dvc_args>` and `kill -9` its whole process group as soon as `after` exists and a round has
+    saved a resume point (the params must set a short train.checkpoint_seconds)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *dvc_args], cwd=repo.path, env=repo.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (repo.path / after).exists() and list((repo.path / SCRATCH).glob("*.pt")):
+            break
+        time.sleep(0.05)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"no resume point appeared in {timeout} s: {sorted(os.listdir(repo.path / SCRATCH.parent))}"
+                             f"\n{proc.communicate()[0]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def add_remotes(repo: Repo, folder: Path) -> None:
     """A bare git remote `origin` (folder/origin.git) and a default folder DVC remote (folder/dvc-remote),
     committed and pushed: what `lottery.cluster` needs."""

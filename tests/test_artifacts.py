@@ -160,7 +160,7 @@ def test_a_view_is_saved_compact(tmp_path):
 
 def test_a_round_writes_only_the_bytes_it_needs(cfg, tmp_path):
     path = tmp_path / "prepared.pt"
-    data.save_prepared(prepared(), path)
+    data.save_prepared(prepared(), path, data.prepared_params(cfg))
     runs = tmp_path / "runs"
     rounds.init(cfg, runs / "init")
     quiet = lambda *_: None  # noqa: E731

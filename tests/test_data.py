@@ -177,9 +177,12 @@ def test_validation_not_smaller_than_train_raises(raw_root, validation):
         data.prepare(make_cfg(raw_root, validation=validation))
 
 
-def test_validation_99_leaves_one_training_image(raw_root):
-    out = data.prepare(make_cfg(raw_root, validation=99))
-    assert len(out["y_train"]) == 1 and len(out["y_val"]) == 99
+def test_a_validation_split_that_leaves_a_label_out_of_training_stops_prepare(raw_root):
+    out = data.prepare(make_cfg(raw_root, validation=50))
+    assert len(out["y_train"]) == 50 and len(out["y_val"]) == 50
+    with pytest.raises(DataError, match=r"^data.dataset: fashion-mnist: validation split: label \d does not occur in "
+                                        r"the training split left after holding out data.validation=98$"):
+        data.prepare(make_cfg(raw_root, validation=98))
 
 
 def test_corrupt_raw_file_raises_data_error_naming_it(raw_root):

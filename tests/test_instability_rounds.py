@@ -14,7 +14,7 @@ import yaml
 from conftest import ran
 from lottery import artifacts, config, instability, rounds, summary
 from lottery.config import ConfigError
-from lottery.data import save_prepared
+from lottery.data import prepared_params, save_prepared
 
 SILENT = dict(log=lambda *_: None)
 
@@ -39,7 +39,7 @@ def _run(tmp_path, cfg, name, prev="r0") -> dict:
     """init, r0 and (for `name` != r0) the round `name` of cfg in tmp_path/runs; returns name's metrics."""
     runs, data = tmp_path / "runs", tmp_path / "prepared.pt"
     if not data.exists():
-        save_prepared(_data(), data)
+        save_prepared(_data(), data, prepared_params(cfg))
     rounds.init(cfg, runs / "init")
     rounds.run_round(cfg, "r0", "init", runs, data, **SILENT)
     return rounds.run_round(cfg, name, prev, runs, data, **SILENT) if name != "r0" else \

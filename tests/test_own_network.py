@@ -13,7 +13,7 @@ import torch
 from test_data import idx_bytes, make_images, write_gz
 
 from lottery import artifacts, config, data, generic, masks, models, pruning, rounds, ticket
-from lottery.config import ConfigError
+from lottery.config import ConfigError, LotteryError
 
 EXAMPLE = "examples.my_network:build"
 
@@ -40,7 +40,7 @@ def make_cfg(root: Path, name: str = EXAMPLE, prune: dict | None = None, **train
 def prepared(tmp_path) -> Path:
     cfg = make_cfg(fashion(tmp_path / "raw"))
     path = tmp_path / "prepared.pt"
-    data.save_prepared(data.prepare(cfg), path)
+    data.save_prepared(data.prepare(cfg), path, data.prepared_params(cfg))
     return path
 
 
@@ -205,6 +205,23 @@ def mismatched():
 
 def float_labels():
     return np.zeros((4, 2)), np.ones(4) / 2, np.zeros((2, 2)), np.arange(2)
+
+def unseen_test_label():  # train labels 0-9, one test label 50: it would make a 51-way network
+    return np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 10, np.zeros((3, 3)), np.array([1, 50, 2])
+
+def nan_pixel():
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[7, 2] = np.nan
+    return x, np.arange(40) % 10, np.zeros((3, 3)), np.arange(3)
+
+def shapes():
+    return np.zeros((40, 3)), np.arange(40) % 10, np.zeros((3, 4)), np.arange(3)
+
+def strings():
+    return np.array([["a"]] * 40), np.arange(40) % 10, np.array([["b"]] * 3), np.arange(3)
+
+def constant():
+    return np.ones((40, 3)), np.arange(40) % 10, np.ones((3, 3)), np.arange(3)
 """
 
 
@@ -219,7 +236,7 @@ def test_your_own_loader_feeds_your_own_network(tmp_path, loader):
     n_train = 34 if loader == "arrays" else 18
     assert tensors["x_train"].shape == (n_train, 3, 8, 8) and tensors["y_test"].tolist()[:4] == [0, 1, 2, 3]
     assert tensors["x_train"].dtype == (torch.uint8 if loader == "arrays" else torch.float32)
-    data.save_prepared(tensors, tmp_path / "prepared.pt")
+    data.save_prepared(tensors, tmp_path / "prepared.pt", data.prepared_params(cfg))
     runs = tmp_path / "runs"
     rounds.init(cfg, runs / "init", tmp_path / "prepared.pt", log=lambda *a: None)
     _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
@@ -230,17 +247,24 @@ def test_your_own_loader_feeds_your_own_network(tmp_path, loader):
 
 
 @pytest.mark.parametrize("loader, expect", [
-    ("mismatched", "x has 5 examples but y 4 labels"),
-    ("float_labels", "y is float64 (4,), expected integer labels >= 0"),
+    ("mismatched", "train split: 5 examples but labels of shape (4,): expected one label per example"),
+    ("float_labels", "train split: labels are float64, expected integers"),
     ("nothing", "has no attribute 'nothing'"),
+    ("unseen_test_label", "test split: label 50 does not occur in the training split (1 such label(s); training labels 0..9)"),
+    ("nan_pixel", "train split: example 7 holds nan (non-finite inputs at 1 positions)"),
+    ("shapes", "test split: examples of shape (4,), the training split's are (3,)"),
+    ("strings", "train split: examples are <U1 (40, 1), expected numbers, one example per row"),
+    ("constant", "train split: constant inputs (standard deviation 0): normalisation would divide by zero"),
 ])
-def test_a_bad_loader_stops_prepare_naming_the_key_and_path(tmp_path, loader, expect):
+def test_a_bad_loader_stops_prepare_naming_the_key_the_split_and_path(tmp_path, loader, expect):
+    """Bad data stops `prepare`, before any training, in one line naming data.dataset and the split."""
     module = write_module(tmp_path, LOADER)
     cfg = config.from_dict({"data": {"dataset": f"{module}:{loader}", "validation": 1},
                             "model": {"name": EXAMPLE}, "prune": {"chain": config.chain(15)}})
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(LotteryError) as e:
         data.prepare(cfg)
-    assert str(e.value).startswith("data.dataset: ") and expect in str(e.value) and module in str(e.value), str(e.value)
+    assert str(e.value).startswith(f"data.dataset: {module}:{loader}") or loader == "nothing", str(e.value)
+    assert expect in str(e.value) and module in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_check_records_your_loaders_source_so_prepare_reruns_when_it_changes(tmp_path, monkeypatch):

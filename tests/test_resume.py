@@ -1,17 +1,13 @@
 """Crash safety: a resumed training equals an uninterrupted one bit for bit, also after `kill -9`."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import Repo, env_for, ran
+from conftest import SCRATCH, Repo, env_for, kill_at_resume_point, ran
 from lottery import masks, models
 from lottery.config import TrainConfig
 from lottery.training import train
@@ -70,19 +66,8 @@ def test_kill_9_during_a_round_then_repro_matches_an_uninterrupted_run(template,
     repo = Repo(tmp_path / "killed", env_for(tmp_path))
     shutil.copytree(template.path, repo.path, symlinks=True)
     repo.set_params(longer)
-    scratch = repo.path / ".dvc" / "tmp" / "lottery-resume"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "round@r1"], cwd=repo.path, env=repo.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait for round@r1 to have written a resume point
-        if (repo.path / "runs/r0/metrics.json").exists() and list(scratch.glob("*.pt")):
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError(f"no resume point appeared:\n{proc.communicate()[0]}")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    scratch = repo.path / SCRATCH
+    kill_at_resume_point(repo, "repro", "round@r1")  # once round@r1 has written a resume point
     assert not (repo.path / "runs/r1/model.pt").exists()  # no stale partial output
     assert not list((repo.path / "runs/r1").glob(".*.tmp")) if (repo.path / "runs/r1").exists() else True
 

@@ -44,14 +44,16 @@ def theta0(runs: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def fake_round(runs: Path, name: str = "r0", seed: int = 99) -> dict[str, torch.Tensor]:
-    """A previous round written as training would: θ0 perturbed, all-ones mask, metadata round=name."""
+def fake_round(runs: Path, name: str = "r0", seed: int = 99, cfg: config.Config | None = None) -> dict[str, torch.Tensor]:
+    """A previous round written as training would: θ0 perturbed, all-ones mask, metadata round=name and the
+    params digest of its stage (of `cfg`, by default the `cfg` fixture's)."""
+    params = (cfg or make_cfg()).digest(config.STAGE_PARAMS[config.stage_of(name)])
     weights, meta = artifacts.load(runs / "init" / "model.pt", "weights")
     gen = torch.Generator().manual_seed(seed)
     trained = {k: v * torch.rand(v.shape, generator=gen) * 3 for k, v in weights.items()}
-    artifacts.save(runs / name / "model.pt", trained, {**meta, "round": name})
+    artifacts.save(runs / name / "model.pt", trained, {**meta, "round": name, "params": params})
     mask, mmeta = artifacts.load(runs / "init" / "mask.pt", "mask")
-    artifacts.save(runs / name / "mask.pt", mask, {**mmeta, "round": name})
+    artifacts.save(runs / name / "mask.pt", mask, {**mmeta, "round": name, "params": params})
     return trained
 
 
@@ -263,7 +265,7 @@ def test_round2_prunes_within_round1_mask(cfg, runs):
     gen = torch.Generator().manual_seed(5)
     tick = r1.rows("ticket")
     weights = {k: v[tick] * (1 + torch.rand(v[tick].shape, generator=gen)) for k, v in state.items()}
-    meta = {"model": MODEL, "seeds": [10, 11], "round": "r1"}
+    meta = {"model": MODEL, "seeds": [10, 11], "round": "r1", "params": cfg.digest(config.STAGE_PARAMS["round"])}
     artifacts.save(runs / "r1" / "model.pt", weights, {"kind": "weights", **meta})
     artifacts.save(runs / "r1" / "mask.pt", r1.ticket_mask, {"kind": "mask", **meta})
     r2 = rounds.build_stack(cfg, "r2", "r1", runs)
@@ -389,7 +391,7 @@ def test_a_loaded_mask_must_keep_exactly_its_rounds_planned_count(cfg, runs, pre
     fake_round(runs, "r0")
     if prev == "r1":  # a real r1 ticket mask (its plan's counts), written as that round would
         r1 = rounds.build_stack(cfg, "r1", "r0", runs)
-        meta = {"model": MODEL, "seeds": [10, 11], "round": "r1"}
+        meta = {"model": MODEL, "seeds": [10, 11], "round": "r1", "params": cfg.digest(config.STAGE_PARAMS["round"])}
         artifacts.save(runs / "r1" / "model.pt", {k: v[r1.rows("ticket")] for k, v in r1.model.state_dict().items()},
                        {"kind": "weights", **meta})
         artifacts.save(runs / "r1" / "mask.pt", r1.ticket_mask, {"kind": "mask", **meta})
@@ -425,7 +427,7 @@ def test_a_stage_script_turns_only_project_errors_into_one_line(capsys):
         run(fails(ValueError("a bug")))
 
 
-def test_curves_are_written_with_dvclive_and_read_back_by_summarize(tmp_path):
+def test_curves_are_written_in_dvclive_layout_and_read_back_by_summarize(tmp_path, monkeypatch):
     curve = [{"iteration": it, "val_loss": [0.5 + it, 0.25 + it], "val_acc": [0.5, 0.875]} for it in (50, 100)]
     order = [("ticket", 0, 0), ("reinit", 0, 1)]
     (tmp_path / "live").mkdir()
@@ -434,6 +436,21 @@ def test_curves_are_written_with_dvclive_and_read_back_by_summarize(tmp_path):
     acc = (tmp_path / "live/plots/metrics/reinit/0/val_acc.tsv").read_text().split()
     assert acc == ["step", "val_acc", "50", "87.5", "100", "87.5"]  # DVCLive's TSV: step = iteration, accuracy in %
     assert not (tmp_path / "live" / "stale.tsv").exists() and not list(tmp_path.glob(".live*"))
+    # the same files, byte for byte, as DVCLive itself writes (outside any repository)
+    from dvclive import Live
+
+    monkeypatch.chdir(tmp_path)
+    live = Live(str(tmp_path / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None)
+    for row in curve:
+        live.step = row["iteration"]
+        for v, t, i in order:
+            live.log_metric(f"{v}/{t}/val_acc", round(100 * row["val_acc"][i], 4))
+            live.log_metric(f"{v}/{t}/val_loss", round(row["val_loss"][i], 6))
+        live.next_step()
+    live.end()
+    ours = {p.relative_to(tmp_path / "live"): p.read_bytes() for p in (tmp_path / "live").rglob("*") if p.is_file()}
+    theirs = {p.relative_to(tmp_path / "dvclive"): p.read_bytes() for p in (tmp_path / "dvclive").rglob("*") if p.is_file()}
+    assert ours.keys() == theirs.keys() and ours == theirs
     from lottery import summary
 
     got = summary.read_curves(tmp_path / "live").sort_values(["variant", "iteration"]).to_dict("records")

@@ -100,12 +100,12 @@ def _cfg(tmp_path, **over):
 
 
 def _prepared(tmp_path):
-    from lottery.data import save_prepared
+    from lottery.data import prepared_params, save_prepared
 
     d = _data()
     path = tmp_path / "prepared.pt"
     save_prepared({"x_train": d["x_train"], "y_train": d["y_train"], "x_val": d["x_val"], "y_val": d["y_val"],
-                   "x_test": d["x_test"], "y_test": d["y_test"], "mean": torch.zeros(1), "std": torch.ones(1)}, path)
+                   "x_test": d["x_test"], "y_test": d["y_test"], "mean": torch.zeros(1), "std": torch.ones(1)}, path, prepared_params(_cfg(tmp_path)))
     return path
 
 
@@ -126,6 +126,11 @@ def test_rewind_to_iteration_k_restores_theta_k(tmp_path):
     for k, v in stack.model.state_dict().items():
         assert torch.equal(v, theta_k[k]), k
     wrong = _cfg(tmp_path, rewind={"to": "iteration", "iteration": 10})
+    with pytest.raises(artifacts.ArtifactError, match="model.pt: written with other values of stage 'init's params"):
+        rounds.build_stack(wrong, "r0", "init", runs)  # θ20 read for θ10: the params digest tells
+    for name, kind in (("model.pt", "weights"), ("mask.pt", "mask")):  # digests forged: the iteration still tells
+        tensors, meta = artifacts.load(runs / "init" / name, kind)
+        artifacts.save(runs / "init" / name, tensors, {**meta, "params": wrong.digest(config.STAGE_PARAMS["init"])})
     with pytest.raises(artifacts.ArtifactError, match="rewind point at iteration 20"):
         rounds.build_stack(wrong, "r0", "init", runs)
 
