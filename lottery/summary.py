@@ -32,8 +32,11 @@ VARIANTS = ["ticket", "reinit", "random", "invert"]
 CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
-# Files summarize writes only when a capability is on (instability.enabled): removed when it is off, never stale.
-OPTIONAL_OUTPUTS = ["instability.png", "interpolation.png"]
+# The figures of a capability that may be off (instability.enabled). Declared outputs of summarize all the same,
+# always written (a placeholder that says so when it is off, not linked from report.md): a file summarize removed
+# instead would be missing after DVC restores an earlier run that measured it from the run-cache (DVC restores
+# declared outputs only), and one it left alone would be stale.
+OPTIONAL_FIGURES = {"instability.png": "instability.enabled", "interpolation.png": "instability.enabled"}
 # The dense network "did not train" when its mean test accuracy is at most chance (100/C %) plus this many
 # points: a network stuck at one class scores 100/C on a balanced test set (a few points more on a skewed
 # one), while any dense network that learned scores far above (LeNet on Fashion-MNIST ~87%; the tests'
@@ -387,17 +390,17 @@ def _style(i: int) -> dict:
             "lw": max(2.6 - 0.6 * i, 1.0), "ls": LINES[i % len(LINES)], "color": f"C{i}"}
 
 
-SHIFT = 1.02  # error bars of variant i drawn at x / SHIFT**i: a control's min-max bar never hides under another's
+SHIFT = 0.012  # variant i's error bars drawn i x 1.2% of the axis width to the right: none hides another's
 
 
-def _round_ticks(ax, x: list[float], names: list[str], shifted: int = 0) -> None:
+def _round_ticks(ax, x: list[float], names: list[str], pad: float = 1.0) -> None:
     """A log axis of % weights remaining (sparsest right) with every round's value labelled below and its name
-    above (one in every few past 30 rounds), no minor ticks and no powers-of-ten labels; room on the right for
-    `shifted` series drawn SHIFT apart."""
+    above (one in every few past 30 rounds), no minor ticks and no powers-of-ten labels; `pad`: a factor of
+    room on the right (for shifted series)."""
     step = max(1, math.ceil(len(x) / 30))
     x, names = x[::step], names[::step]
     ax.set_xscale("log")
-    ax.set_xlim(max(x) * 1.08, min(x) / 1.08 / SHIFT ** shifted)  # inverted: sparsest on the right, as in the paper
+    ax.set_xlim(max(x) * 1.08, min(x) / 1.08 / pad)  # inverted: sparsest on the right, as in the paper
     ax.set_xticks(x, [f"{v:.3g}" for v in x], rotation=90 if len(x) > 12 else 0, fontsize=8)
     ax.minorticks_off()
     top = ax.secondary_xaxis("top")
@@ -436,16 +439,17 @@ def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, tolera
         else:
             ax.axhline(base, color="0.2", lw=1, label=f"dense: {base:.0f}")
         drawn = [(i, v) for i, v in enumerate(VARIANTS) if v in set(stats["variant"])]
+        shift = (max(x) / min(x)) ** SHIFT
         for i, v in drawn:
             s = stats[stats["variant"] == v]
             y = s[(key, "mean")]
-            ax.errorbar(s[("weights_remaining", "mean")] / SHIFT ** i, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y],
+            ax.errorbar(s[("weights_remaining", "mean")] / shift ** i, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y],
                         capsize=2, label=v, **_style(i))
-        _round_ticks(ax, x, names, shifted=drawn[-1][0])
+        _round_ticks(ax, x, names, pad=shift ** drawn[-1][0])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)\n(controls drawn {100 * (SHIFT - 1):.0f}% "
-                  "apart in x)", fontsize=8, title_fontsize=8)
+        ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)\n(controls drawn slightly apart in x)",
+                  fontsize=8, title_fontsize=8)
         files[fname] = _png(fig, title)
 
     # Validation accuracy against iteration: the dense round, a middle one and the last.
@@ -494,11 +498,19 @@ def first_layer_image(mask_first: torch.Tensor, heading: str, title: str = "") -
     plt = _plt()
     kept = mask_first.float().mean(dim=(0, 1))  # over trials and hidden units
     kept = kept.reshape(28, 28) if kept.numel() == 784 else kept.reshape(1, -1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.4 if kept.shape[0] > 1 else 2.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4 if kept.shape[0] > 1 else 2.8), dpi=120)
     im = ax.imshow(kept.numpy(), cmap="viridis", vmin=0, vmax=float(kept.max()), aspect="auto" if kept.shape[0] == 1 else None)
     ax.set_title(heading, fontsize=10)
     ax.axis("off")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of weights kept")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction kept")
+    return _png(fig, title)
+
+
+def placeholder(text: str, title: str = "") -> bytes:
+    """A figure that only says `text`: what stands for a figure of a capability that is off."""
+    fig, ax = _plt().subplots(figsize=(7.2, 1.6), dpi=120)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
+    ax.axis("off")
     return _png(fig, title)
 
 
@@ -649,17 +661,16 @@ def outputs(study: Study, tolerance: float, settings: dict[str, str]) -> tuple[d
     if not study.inst.empty:
         files.update(instability_figures(study.inst, study.points, title))
     images = [name for name in files if name.endswith(".png")]
+    for name, key in OPTIONAL_FIGURES.items():
+        files.setdefault(name, placeholder(f"{Path(name).stem}: not measured in this run ({key}: false)", title))
     files["report.md"] = report(summary, df, tolerance, settings, images).encode()
     return summary, files
 
 
 def write(files: dict[str, bytes], out: Path) -> None:
-    """Write `files` under `out` (each atomically) and remove the optional outputs they do not include."""
+    """Write `files` under `out`, each atomically."""
     for name, data in files.items():
         atomic_write_bytes(Path(out) / name, data)
-    for name in OPTIONAL_OUTPUTS:
-        if name not in files:
-            (Path(out) / name).unlink(missing_ok=True)
 
 
 def format_table(df: pd.DataFrame) -> str:

@@ -234,7 +234,7 @@ def test_every_round_is_labelled_on_the_log_axes():
     fig, ax = plt.subplots()
     x = [100.0, 80.0, 64.0, 51.2, 40.96, 3.5184]
     ax.plot(x, range(len(x)))
-    summary._round_ticks(ax, x, [f"r{k}" for k in range(len(x))], shifted=2)
+    summary._round_ticks(ax, x, [f"r{k}" for k in range(len(x))], pad=1.1)
     fig.canvas.draw()
     assert list(ax.get_xticks()) == x and [t.get_text() for t in ax.get_xticklabels()] == \
         ["100", "80", "64", "51.2", "41", "3.52"]
@@ -251,11 +251,12 @@ def test_every_round_is_labelled_on_the_log_axes():
     plt.close(fig)
 
 
-def test_summarize_checks_every_input_before_writing_any_and_removes_stale_figures(repo):
+def test_summarize_checks_every_input_before_writing_any_and_replaces_stale_figures(repo):
     """Issue 25: a mask copied from another round stops summarize before it redraws anything; issue 24: figures of
-    a capability that is now off (instability.png, interpolation.png) are removed, not left stale."""
+    a capability that is now off (instability.png, interpolation.png) are rewritten as placeholders that say so, not
+    left stale, and report.md does not link them."""
     m, mask = repo.path / "metrics", repo.path / "runs" / "r2" / "mask.pt"
-    for name in summary.OPTIONAL_OUTPUTS:  # left by an earlier experiment with instability.enabled
+    for name in summary.OPTIONAL_FIGURES:  # as an earlier summarize with instability.enabled left them
         (m / name).write_bytes(b"stale")
     good = mask.read_bytes()
     mask.unlink()  # never write through a link into DVC's cache
@@ -270,7 +271,8 @@ def test_summarize_checks_every_input_before_writing_any_and_removes_stale_figur
     mask.unlink()
     mask.write_bytes(good)
     repo.run(sys.executable, "-m", "stages.summarize")
-    assert not [name for name in summary.OPTIONAL_OUTPUTS if (m / name).exists()]
+    placeholders = {name: (m / name).read_bytes() for name in summary.OPTIONAL_FIGURES}
+    assert all(data[:4] == b"\x89PNG" for data in placeholders.values())  # rewritten: they say "not measured"
     report = (m / "report.md").read_text()
     assert "instability.png" not in report and "Instability: not measured" in report
     head = repo.run("git", "rev-parse", "HEAD").stdout.strip()[:12]
