@@ -4,8 +4,7 @@ Rows of the tidy table: one per round x variant x trial. `headline` computes the
 of metrics/summary.json from that table alone, so it can be checked on a hand-made CSV.
 
 Three steps, so that a bad input never leaves a half-rewritten metrics/: `collect` reads and checks
-every input, `outputs` computes every file in memory, `write` writes them (and removes what a
-capability that is off no longer writes).
+every input, `outputs` computes every file in memory, `write` writes them.
 """
 from __future__ import annotations
 
