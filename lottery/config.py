@@ -233,6 +233,10 @@ def predecessor(prune: PruneConfig, name: str) -> str | None:
 _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
              "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
              "train.warmup", "train.lr_drops", "train.lr_gamma", "data.augment"]
+# The run's settings that metrics/report.md lists (and the figures' subtitle): summarize reads them, so they are
+# among its params and a change to one reruns it; the report never shows settings of another run.
+REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",
+                   "prune.criterion", "controls", "trials", "seed"]
 STAGE_PARAMS: dict[str, list[str]] = {
     "check": [],
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
@@ -246,7 +250,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
               "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind",
               "instability", "data.split_seed"],
-    "summarize": ["prune.rounds", "summary"],
+    "summarize": ["summary", *REPORT_SETTINGS],
 }
 
 

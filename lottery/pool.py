@@ -4,8 +4,8 @@
 
 Each experiment's rounds (runs/<round>/metrics.json, live/ curves, mask.pt) are read from its
 revision through DVC (the cache, else the default remote), renumbered trial by trial in seed
-order, and summarized by `lottery.summary.write` into DIR (default metrics-pooled/): summary.json,
-rounds.csv, accuracy.csv, rounds.json, figures, report.md.
+order, and summarized by `lottery.summary` into DIR (default metrics-pooled/): summary.json,
+rounds.csv, accuracy.csv, rounds.json, figures, report.md (which lists the experiments and seeds pooled).
 
 What pooling equals: every network of trial t depends only on that trial's seed (θ0, data order,
 the controls' seeds) and on `data.split_seed` (the validation split), not on the experiment's base
@@ -118,9 +118,13 @@ def pool(revs: list[str], out: Path, repo: str = ".", log=print) -> dict:
         names = round_names(params)
         merged = Path(tmp) / "merged"
         merge(list(fetched.values()), names, merged)
-        result, df = summary.write(merged, names, params["summary"]["tolerance"], out)
-    seeds = sorted(s for p in studies.values() for s in seeds_of(p))
-    log(summary.format_table(df))
+        seeds = sorted(s for p in studies.values() for s in seeds_of(p))
+        settings = {**summary.settings(params, summary.commit(repo), seeds),
+                    "experiments": ", ".join(f"{rev} (seeds {summary.format_seeds(seeds_of(p))})" for rev, p in studies.items())}
+        study = summary.collect(merged, names)
+        result, files = summary.outputs(study, params["summary"]["tolerance"], settings)
+        summary.write(files, out)
+    log(summary.format_table(study.df))
     log(f"[pool] {len(revs)} experiments, {len(seeds)} trials (seeds {seeds}) -> {out}/")
     return result
 

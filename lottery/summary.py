@@ -1,17 +1,26 @@
-"""Every round's metrics -> one tidy table, headline numbers and figures.
+"""Every round's metrics -> one tidy table, headline numbers, figures and a report.
 
 Rows of the tidy table: one per round x variant x trial. `headline` computes the numbers
 of metrics/summary.json from that table alone, so it can be checked on a hand-made CSV.
+
+Three steps, so that a bad input never leaves a half-rewritten metrics/: `collect` reads and checks
+every input, `outputs` computes every file in memory, `write` writes them.
 """
 from __future__ import annotations
 
+import io
 import json
+import math
+import subprocess
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .artifacts import ArtifactError, atomic_write, atomic_write_bytes, load
+from .artifacts import ArtifactError, atomic_write_bytes, load
+from .config import REPORT_SETTINGS
 
 COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
@@ -19,17 +28,38 @@ COLUMNS = [
 ]
 RUN_COLUMNS = ["criterion", "at"]  # how the round pruned (prune.criterion, prune.at), from its metrics.json
 VARIANTS = ["ticket", "reinit", "random", "invert"]
+CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
+# The figures of a capability that may be off (instability.enabled). Declared outputs of summarize all the same,
+# always written (a placeholder that says so when it is off, not linked from report.md): a file summarize removed
+# instead would be missing after DVC restores an earlier run that measured it from the run-cache (DVC restores
+# declared outputs only), and one it left alone would be stale.
+OPTIONAL_FIGURES = {"instability.png": "instability.enabled", "interpolation.png": "instability.enabled"}
 # The dense network "did not train" when its mean test accuracy is at most chance (100/C %) plus this many
 # points: a network stuck at one class scores 100/C on a balanced test set (a few points more on a skewed
 # one), while any dense network that learned scores far above (LeNet on Fashion-MNIST ~87%; the tests'
 # 200-iteration mnist1d MLP well above 15%). No ticket can be declared winning against such a baseline.
 CHANCE_MARGIN = 5.0
+NONE = "—"  # a number that does not exist (a variant that never wins), in the report and the printed verdict
 
 
-def _read(path: Path) -> dict:
-    """A round's metrics.json: a missing, corrupt or malformed file stops summarize naming it."""
+@dataclass
+class Study:
+    """Everything summarize reads, loaded and checked: nothing is written before all of it is."""
+
+    df: pd.DataFrame  # the tidy table (with the ticket's instability columns when measured)
+    curves: pd.DataFrame  # validation curves: round, index, iteration, variant, trial, val_loss, val_acc
+    layers: pd.DataFrame  # the ticket's weights remaining per layer and round
+    inst: pd.DataFrame  # instability per round x trial (empty when not measured)
+    points: pd.DataFrame  # error along the line per round x trial x point (empty when not measured)
+    classes: int  # outputs of the network (chance accuracy is 100/classes %)
+    last: str  # the last round
+    first_layer: torch.Tensor  # the last round's ticket mask of the first layer ((trials, out, in))
+
+
+def _read(path: Path, name: str) -> dict:
+    """A round's metrics.json: a missing, corrupt or malformed file, or another round's, stops summarize naming it."""
     try:
         m = json.loads(path.read_text())
     except FileNotFoundError:
@@ -39,6 +69,9 @@ def _read(path: Path) -> dict:
     problem = _malformed(m)
     if problem:
         raise ArtifactError(f"{path}: malformed metrics file ({problem}); `dvc repro -f` the round that writes it")
+    if m["round"] != name:
+        raise ArtifactError(f"{path}: holds the metrics of round {m['round']!r}, not {name!r}; "
+                            "`dvc repro -f` the round that writes it")
     return m
 
 
@@ -54,19 +87,40 @@ def _malformed(m) -> str | None:
     for i, item in enumerate(m["networks"]):
         if not isinstance(item, dict) or any(k not in item for k in NETWORK_KEYS):
             return f"networks[{i}] is not an object with {', '.join(NETWORK_KEYS)}"
+        if not isinstance(item["layers_remaining"], dict):
+            return f"networks[{i}]['layers_remaining'] is not an object"
+    if not any(n["variant"] == "ticket" for n in m["networks"]):
+        return "no ticket network"
     return None
 
 
-def collect(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tidy results, validation curves) of the named rounds."""
-    rows, curves = [], []
+def collect(runs: Path, round_names: list[str]) -> Study:
+    """Read and check every input of the named rounds: metrics, validation curves, instability records, and
+    the masks summarize draws from (the dense round's and the last round's, which must say they are theirs)."""
+    runs = Path(runs)
+    rows, curves, layers, seeds = [], [], [], {}
     for name in round_names:
-        m = _read(Path(runs) / name / "metrics.json")
+        m = _read(runs / name / "metrics.json", name)
         for n in m["networks"]:
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
                          "criterion": m.get("criterion"), "at": m.get("at")})  # none for the dense round
-        curves.append(read_curves(Path(runs) / name / "live").assign(round=name, index=m["index"]))
-    return pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS), pd.concat(curves, ignore_index=True)
+        curves.append(read_curves(runs / name / "live").assign(round=name, index=m["index"]))
+        tickets = sorted((n for n in m["networks"] if n["variant"] == "ticket"), key=lambda n: n["trial"])
+        seeds[name] = [n["seed"] for n in tickets]  # what the round's mask must record
+        for layer in tickets[0]["layers_remaining"]:
+            pct = sum(n["layers_remaining"][layer] for n in tickets) / len(tickets)
+            layers.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
+    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS)
+    inst, points = read_instability(runs, round_names)
+    if not inst.empty:  # the ticket rows of the tidy table get their instability
+        df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
+    if "r0" not in seeds:
+        raise ArtifactError("no dense round (r0) in the results")
+    dense, _ = load(runs / "r0" / "mask.pt", "mask", {"round": "r0", "seeds": seeds["r0"]})
+    last = round_names[-1]
+    mask, _ = load(runs / last / "mask.pt", "mask", {"round": last, "seeds": seeds[last]})
+    return Study(df, pd.concat(curves, ignore_index=True), pd.DataFrame(layers), inst, points,
+                 classes=int(list(dense.values())[-1].shape[1]), last=last, first_layer=next(iter(mask.values())))
 
 
 def read_curves(folder: Path) -> pd.DataFrame:
@@ -133,7 +187,7 @@ def headline(df: pd.DataFrame, tolerance: float, classes: int | None = None) -> 
     out["rounds"] = {}
     for _, r in mean[mean["variant"] == "ticket"].iterrows():
         entry = {k: round(float(r[k]), 4) for k in ROUND_KEYS}
-        for v in VARIANTS[1:]:
+        for v in CONTROLS:
             c = mean[(mean["round"] == r["round"]) & (mean["variant"] == v)]
             if not c.empty:
                 entry[v] = {k: round(float(c[k].iloc[0]), 4) for k in ROUND_KEYS[1:]}
@@ -177,29 +231,51 @@ def declared(summary: dict) -> dict:
     return out
 
 
+def _pct(x: float | None) -> str:
+    """A percentage with two decimals, or NONE."""
+    return NONE if x is None else f"{x:.2f}%"
+
+
+def control_wins(summary: dict) -> dict[str, float]:
+    """The controls that also win (within tolerance of dense at some pruned round): control -> its sparsest winning %."""
+    return {v: summary[v]["smallest_winning_weights_remaining"] for v in CONTROLS
+            if v in summary and summary[v]["smallest_winning_weights_remaining"] is not None}
+
+
 def verdict(summary: dict, tolerance: float, classes: int | None) -> str:
-    """The winning-ticket verdict in words (summary.json, report.md, summarize's printed line)."""
+    """The winning-ticket verdict in words (report.md, summarize's printed line), naming the controls that win too."""
     acc = summary["dense"]["test_accuracy"]
     if not summary["dense_trained"]:
         return f"the dense network did not train (test accuracy {acc:.2f}% ≈ chance {100 / classes:.2f}%)"
     if "ticket" not in summary:
         return f"dense only (test accuracy {acc:.2f}%): no pruned round"
     smallest = summary["ticket"]["smallest_winning_weights_remaining"]
+    also = control_wins(summary)
+    named = ", ".join(f"{v} down to {_pct(w)}" for v, w in also.items())
     if smallest is None:
-        return f"no pruned ticket stays within {tolerance} pp of dense ({acc:.2f}%)"
-    return f"the ticket stays within {tolerance} pp of dense ({acc:.2f}%) down to {smallest}% of the weights remaining"
-
-
-def output_classes(runs: Path) -> int:
-    """C, the number of classes: outputs of the last prunable layer in the dense round's mask ((trials, C, in))."""
-    mask, _ = load(Path(runs) / "r0" / "mask.pt", "mask")
-    return int(list(mask.values())[-1].shape[1])
+        text = f"no pruned ticket stays within {tolerance} pp of dense ({acc:.2f}%)"
+        return text + (f"; but {'a control does' if len(also) == 1 else 'controls do'}: {named}" if also else "")
+    text = f"the ticket stays within {tolerance} pp of dense ({acc:.2f}%) down to {_pct(smallest)} of the weights remaining"
+    return text + (f"; {'a control wins' if len(also) == 1 else 'controls win'} too: {named}" if also else "")
 
 
 def winning_round(df: pd.DataFrame, tolerance: float) -> str:
     """The sparsest round whose mean ticket accuracy is within `tolerance` of dense (r0 if none)."""
     wins = _winners(_means(df), "ticket", tolerance)
     return str(wins["round"].iloc[0]) if len(wins) else "r0"
+
+
+def margins(df: pd.DataFrame) -> pd.DataFrame:
+    """Per pruned round: weights remaining, the ticket's mean test accuracy and, per control trained, its mean
+    accuracy and the ticket's margin over it (pp): the columns `<control>` and `<control>_margin`."""
+    mean = _means(df)
+    acc = mean.pivot(index=["index", "round"], columns="variant", values="test_accuracy")
+    remaining = mean[mean["variant"] == "ticket"].set_index(["index", "round"])["weights_remaining"]
+    out = pd.DataFrame({"weights_remaining": remaining, "ticket": acc["ticket"]})
+    for v in CONTROLS:
+        if v in acc:
+            out[v], out[f"{v}_margin"] = acc[v], acc["ticket"] - acc[v]
+    return out[out.index.get_level_values("index") > 0].reset_index()
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -218,6 +294,65 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+# ---------------------------------------------------------------- the run's settings
+
+
+def commit(cwd: Path | str = ".") -> str:
+    """The git HEAD summarize runs at (12 hex digits), or why there is none: a repository without a commit
+    (`git init` then `dvc repro`) or no repository at all is a plain statement, not an error."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        except OSError:  # no git executable
+            return None
+
+    head = git("rev-parse", "--verify", "-q", "HEAD^{commit}")
+    if head is not None and head.returncode == 0:
+        return head.stdout.strip()[:12]
+    inside = git("rev-parse", "--git-dir")
+    return "none (no commit yet)" if inside is not None and inside.returncode == 0 else "none (not a git repository)"
+
+
+def format_seeds(seeds: list[int]) -> str:
+    """'0, 1' or, for a run of more than two consecutive seeds, '0–9'."""
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def settings(params: dict, head: str, seeds: list[int] | None = None) -> dict[str, str]:
+    """The run's settings as report.md lists them (params key -> text): the keys of config.REPORT_SETTINGS in
+    `params` (nested, as params.yaml), `trials` with its trial seeds (`seeds`: pooled ones), and the commit."""
+    def value(key: str):
+        v = params
+        for part in key.split("."):
+            v = v.get(part, NONE) if isinstance(v, dict) else NONE  # a key an older params.yaml lacks: NONE
+        return v
+
+    out = {}
+    for key in REPORT_SETTINGS:
+        if key == "seed":
+            continue
+        v = value(key)
+        out[key] = (", ".join(v) or "none") if isinstance(v, list) else str(v)
+    seeds = seeds if seeds is not None else [value("seed") + t for t in range(value("trials"))]
+    out["trials"] = f"{len(seeds)} (seeds {format_seeds(seeds)})"
+    out["summary.tolerance"] = f"{value('summary.tolerance')} pp"
+    out["commit"] = head
+    return out
+
+
+def subtitle(settings: dict[str, str], width: int = 120) -> str:
+    """The settings in a figure's subtitle, wrapped to `width` characters: every one but the pooled experiments,
+    which report.md lists."""
+    text = "   ".join(f"{k}={v}" for k, v in settings.items() if k != "experiments")
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False))
+
+
+# ---------------------------------------------------------------- figures
+
+
 def _plt():
     import matplotlib
 
@@ -227,134 +362,158 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _png(fig, title: str = "") -> bytes:
+    """The figure as PNG bytes (closed), `title` (the settings) as a small subtitle above it."""
+    if title:
+        fig.suptitle(title, fontsize=6.5, color="0.3")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:]))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     fig.clf()
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write_bytes(path, _png(fig))
     return path
+
+
+# Each series its own colour, marker and line; hollow markers and lines thinning from the first: identical
+# curves (a control equal to another, a layer pruned like another) stay visible, one inside the other.
+MARKERS, LINES = ["o", "s", "^", "D", "v", "P", "X", "*"], ["-", "--", ":", "-."]
+
+
+def _style(i: int) -> dict:
+    return {"marker": MARKERS[i % len(MARKERS)], "ms": max(11 - 3 * i, 3.5), "mfc": "none", "mew": 1.2,
+            "lw": max(2.6 - 0.6 * i, 1.0), "ls": LINES[i % len(LINES)], "color": f"C{i}"}
+
+
+SHIFT = 0.012  # variant i's error bars drawn i x 1.2% of the axis width to the right: none hides another's
+
+
+def _round_ticks(ax, x: list[float], names: list[str], pad: float = 1.0) -> None:
+    """A log axis of % weights remaining (sparsest right) with every round's value labelled below and its name
+    above (one in every few past 30 rounds), no minor ticks and no powers-of-ten labels; `pad`: a factor of
+    room on the right (for shifted series)."""
+    step = max(1, math.ceil(len(x) / 30))
+    x, names = x[::step], names[::step]
+    ax.set_xscale("log")
+    ax.set_xlim(max(x) * 1.08, min(x) / 1.08 / pad)  # inverted: sparsest on the right, as in the paper
+    ax.set_xticks(x, [f"{v:.3g}" for v in x], rotation=90 if len(x) > 12 else 0, fontsize=8)
+    ax.minorticks_off()
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(x, names, fontsize=7, rotation=90 if len(x) > 12 else 0)
+    top.minorticks_off()
+    ax.set_xlabel("percent of weights remaining (log scale; round above)")
+
+
+def _log_ticks(ax, lo: float, hi: float) -> None:
+    """Readable ticks on a log y axis from lo to hi: 1, 2, 5 x 10^k (every integer multiple within one decade)."""
+    subs = range(1, 10) if hi / lo < 10 else (1, 2, 5)
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in subs]
+    ticks = [t for t in ticks if lo / 1.05 <= t <= hi * 1.05]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+
+
+def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, tolerance: float,
+            title: str = "") -> dict[str, bytes]:
+    """PNG figures (offline): accuracy and early stop vs sparsity, validation curves, per-layer sparsity."""
+    plt = _plt()
+    stats = by_round(df).reset_index()
+    dense = _dense(_means(df))
+    ticket = stats[stats["variant"] == "ticket"]
+    x, names = list(ticket[("weights_remaining", "mean")]), list(ticket["round"])
+    files = {}
+    for key, ylabel, fname in [
+        ("test_accuracy", "test accuracy at early stop (%)", "accuracy.png"),
+        ("early_stop_iteration", "early-stop iteration", "early_stop.png"),
+    ]:
+        fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+        base = float(dense[key])
+        if key == "test_accuracy":
+            ax.axhspan(base - tolerance, base, color="0.85", lw=0, label=f"winning: within {tolerance} pp of dense")
+            ax.axhline(base, color="0.2", lw=1, label=f"dense: {base:.2f}%")
+        else:
+            ax.axhline(base, color="0.2", lw=1, label=f"dense: {base:.0f}")
+        drawn = [(i, v) for i, v in enumerate(VARIANTS) if v in set(stats["variant"])]
+        shift = (max(x) / min(x)) ** SHIFT
+        for i, v in drawn:
+            s = stats[stats["variant"] == v]
+            y = s[(key, "mean")]
+            ax.errorbar(s[("weights_remaining", "mean")] / shift ** i, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y],
+                        capsize=2, label=v, **_style(i))
+        _round_ticks(ax, x, names, pad=shift ** drawn[-1][0])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)\n(controls drawn slightly apart in x)",
+                  fontsize=8, title_fontsize=8)
+        files[fname] = _png(fig, title)
+
+    # Validation accuracy against iteration: the dense round, a middle one and the last.
+    fig, axes, chosen = _round_panels(plt, curves)
+    for ax, k in zip(axes[0], chosen):
+        c = curves[curves["index"] == k].groupby(["variant", "iteration"])["val_acc"].mean().reset_index()
+        for i, v in enumerate(VARIANTS):
+            s = c[c["variant"] == v]
+            if not s.empty:
+                ax.plot(s["iteration"], s["val_acc"], label=v, markevery=max(1, len(s) // 10), **_style(i))
+        rem = df[(df["index"] == k) & (df["variant"] == "ticket")]["weights_remaining"].mean()
+        ax.set_title(f"r{k}: {rem:.2f}% remaining", fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (%, mean over trials)")
+    axes[0][-1].legend(fontsize=8)
+    files["validation.png"] = _png(fig, title)
+
+    # Per-layer weights remaining of the ticket, per round.
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
+    for i, (layer, s) in enumerate(layers.groupby("layer", sort=False)):
+        ax.plot(s["index"], s["percent_remaining"], label=layer, **_style(i))
+    ax.set_yscale("log")
+    _log_ticks(ax, float(layers["percent_remaining"].min()), float(layers["percent_remaining"].max()))
+    rounds = sorted(layers["index"].unique())
+    step = max(1, math.ceil(len(rounds) / 30))
+    ax.set_xticks(rounds[::step], [f"r{k}" for k in rounds[::step]], rotation=90 if len(rounds) > 16 else 0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("weights remaining in the layer (%, log scale)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    files["layers.png"] = _png(fig, title)
+    return files
 
 
 def _round_panels(plt, table: pd.DataFrame):
     """One panel each for the dense, a middle and the last round of `table` (an `index` column): fig, axes, rounds."""
     idx = sorted(table["index"].unique())
     chosen = sorted({idx[0], idx[len(idx) // 2], idx[-1]})
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.9), dpi=110, sharey=True, squeeze=False)
     return fig, axes, chosen
 
 
-def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: Path) -> list[Path]:
-    """PNG figures (offline): accuracy and early stop vs sparsity, validation curves, per-layer sparsity."""
-    plt = _plt()
-    stats = by_round(df).reset_index()
-    paths = []
-    for key, ylabel, fname in [
-        ("test_accuracy", "test accuracy at early stop (%)", "accuracy.png"),
-        ("early_stop_iteration", "early-stop iteration", "early_stop.png"),
-    ]:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        for v in VARIANTS:
-            s = stats[stats["variant"] == v]
-            if s.empty:
-                continue
-            x, y = s[("weights_remaining", "mean")], s[(key, "mean")]
-            ax.errorbar(x, y, yerr=[y - s[(key, "min")], s[(key, "max")] - y], marker="o", ms=3, capsize=2, label=v)
-        ax.set_xscale("log")
-        ticks = [t for t in (100, 51.3, 26.3, 13.5, 6.9, 3.6, 1.8, 0.9, 0.5) if t >= 0.9 * df["weights_remaining"].min()]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        ax.invert_xaxis()  # sparsest on the right, as in the paper
-        ax.set_xlabel("percent of weights remaining (log)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)")
-        paths.append(_save(fig, out / fname))
-        plt.close(fig)
-
-    # Validation accuracy against iteration: the dense round, a middle one and the last.
-    fig, axes, chosen = _round_panels(plt, curves)
-    for ax, k in zip(axes[0], chosen):
-        c = curves[curves["index"] == k].groupby(["variant", "iteration"])["val_acc"].mean().reset_index()
-        for v in VARIANTS:
-            s = c[c["variant"] == v]
-            if not s.empty:
-                ax.plot(s["iteration"], s["val_acc"], label=v)
-        rem = df[(df["index"] == k) & (df["variant"] == "ticket")]["weights_remaining"].mean()
-        ax.set_title(f"r{k}: {rem:.1f}% remaining")
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy (%)")
-    axes[0][-1].legend()
-    paths.append(_save(fig, out / "validation.png"))
-    plt.close(fig)
-
-    # Per-layer weights remaining of the ticket, per round.
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for layer, s in layers.groupby("layer", sort=False):
-        ax.plot(s["index"], s["percent_remaining"], marker="o", ms=3, label=layer)
-    ax.set_yscale("log")
-    ax.set_xlabel("round")
-    ax.set_ylabel("weights remaining in the layer (%)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    paths.append(_save(fig, out / "layers.png"))
-    plt.close(fig)
-    return paths
-
-
-def first_layer_image(mask_first: torch.Tensor, title: str, path: Path) -> Path:
+def first_layer_image(mask_first: torch.Tensor, heading: str, title: str = "") -> bytes:
     """Fraction of first-layer weights kept per input: a 28x28 image for MNIST-like inputs, a strip otherwise."""
     plt = _plt()
     kept = mask_first.float().mean(dim=(0, 1))  # over trials and hidden units
     kept = kept.reshape(28, 28) if kept.numel() == 784 else kept.reshape(1, -1)
-    fig, ax = plt.subplots(figsize=(4.2, 4.0 if kept.shape[0] > 1 else 1.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4 if kept.shape[0] > 1 else 2.8), dpi=120)
     im = ax.imshow(kept.numpy(), cmap="viridis", vmin=0, vmax=float(kept.max()), aspect="auto" if kept.shape[0] == 1 else None)
-    ax.set_title(title)
+    ax.set_title(heading, fontsize=10)
     ax.axis("off")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of weights kept")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction kept")
+    return _png(fig, title)
 
 
-def layer_table(runs: Path, round_names: list[str]) -> pd.DataFrame:
-    """Ticket weights remaining per layer and round (mean over trials)."""
-    rows = []
-    for name in round_names:
-        m = _read(Path(runs) / name / "metrics.json")
-        nets = [n for n in m["networks"] if n["variant"] == "ticket"]
-        for layer in nets[0]["layers_remaining"]:
-            pct = sum(n["layers_remaining"][layer] for n in nets) / len(nets)
-            rows.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
-    return pd.DataFrame(rows)
+def placeholder(text: str, title: str = "") -> bytes:
+    """A figure that only says `text`: what stands for a figure of a capability that is off."""
+    fig, ax = _plt().subplots(figsize=(7.2, 1.6), dpi=120)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
+    ax.axis("off")
+    return _png(fig, title)
 
 
-def report(summary: dict, df: pd.DataFrame, tolerance: float, images: list[Path], path: Path) -> None:
-    """metrics/report.md: the figures and the per-round table, readable offline."""
-    lines = [
-        "# Lottery ticket report",
-        "",
-        f"Dense test accuracy: **{summary['dense']['test_accuracy']:.2f}%** "
-        f"(early stop at iteration {summary['dense']['early_stop_iteration']:.0f}), "
-        f"{df['trial'].nunique()} trial(s). Tickets pruned by **{summary.get('criterion', 'magnitude')}** "
-        f"(prune.at: {summary.get('at', 'trained')}).",
-        "",
-        f"Winning-ticket verdict: **{summary['verdict']}**.",
-        "",
-        "| variant | smallest winning % remaining | max early-stop speed-up | max accuracy gain (pp) |",
-        "|---|---|---|---|",
-    ]
-    for v in VARIANTS:
-        if v in summary:
-            h = summary[v]
-            lines.append(f"| {v} | {h['smallest_winning_weights_remaining']} | {h['max_early_stop_speedup']:.2f}x "
-                         f"| {h['max_accuracy_gain']:+.2f} |")
-    if "instability" in summary:
-        lines += ["", f"Instability: the ticket's mean test instability stays at or below the threshold down to "
-                  f"**{summary['instability']['sparsest_stable_weights_remaining']}%** of the weights remaining."]
-    lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in images]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
+# ---------------------------------------------------------------- instability
 
 INSTABILITY_COLUMNS = ["test_instability", "train_instability", "stable"]
 
@@ -365,7 +524,7 @@ def read_instability(runs: Path, round_names: list[str]) -> tuple[pd.DataFrame, 
     rows, points = [], []
     for name in round_names:
         path = Path(runs) / name / "metrics.json"
-        m = _read(path)
+        m = _read(path, name)
         if "instability" not in m:
             continue
         line = m["instability"]
@@ -398,63 +557,119 @@ def instability_headline(inst: pd.DataFrame) -> dict:
     return {"rounds": rounds, "sparsest_stable_weights_remaining": sparsest}
 
 
-def instability_figures(inst: pd.DataFrame, points: pd.DataFrame, out: Path) -> list[Path]:
+def instability_figures(inst: pd.DataFrame, points: pd.DataFrame, title: str = "") -> dict[str, bytes]:
     """instability.png (the ticket's test instability vs weights remaining, min-max over trials) and
     interpolation.png (test error along the line, every trial, of the dense, a middle and the last round)."""
     plt = _plt()
-    g = inst.groupby("index").agg(x=("weights_remaining", "mean"), y=("test_instability", "mean"),
-                                  lo=("test_instability", "min"), hi=("test_instability", "max"))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.errorbar(g["x"], g["y"], yerr=[g["y"] - g["lo"], g["hi"] - g["y"]], marker="o", ms=3, capsize=2, label="ticket")
-    ax.axhline(float(inst["threshold"].iloc[0]), color="gray", ls="--", label="stability threshold")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("percent of weights remaining (log)")
+    g = inst.groupby(["index", "round"]).agg(x=("weights_remaining", "mean"), y=("test_instability", "mean"),
+                                             lo=("test_instability", "min"), hi=("test_instability", "max")).reset_index()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    ax.axhline(float(inst["threshold"].iloc[0]), color="0.3", ls="--", lw=1, label="stability threshold")
+    ax.errorbar(g["x"], g["y"], yerr=[g["y"] - g["lo"], g["hi"] - g["y"]], capsize=2, label="ticket", **_style(0))
+    _round_ticks(ax, list(g["x"]), list(g["round"]))
     ax.set_ylabel("instability: test error increase along the line (pp)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(title=f"mean, min-max over {inst['trial'].nunique()} trial(s)")
-    paths = [_save(fig, out / "instability.png")]
-    plt.close(fig)
+    ax.grid(alpha=0.3)
+    ax.legend(title=f"mean, min-max over {inst['trial'].nunique()} trial(s)", fontsize=8, title_fontsize=8)
+    files = {"instability.png": _png(fig, title)}
 
     fig, axes, chosen = _round_panels(plt, points)
     for ax, k in zip(axes[0], chosen):
-        for t, s in points[points["index"] == k].groupby("trial"):
-            ax.plot(s["alpha"], s["test_error"], marker=".", label=f"trial {t}")
+        for i, (t, s) in enumerate(points[points["index"] == k].groupby("trial")):
+            ax.plot(s["alpha"], s["test_error"], label=f"trial {t}", **_style(i))
         rem = inst[inst["index"] == k]["weights_remaining"].mean()
-        ax.set_title(f"r{k}: {rem:.1f}% remaining")
+        ax.set_title(f"r{k}: {rem:.2f}% remaining", fontsize=10)
         ax.set_xlabel("α (0: ticket, 1: its copy)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test error (%)")
-    axes[0][-1].legend()
-    paths.append(_save(fig, out / "interpolation.png"))
-    plt.close(fig)
-    return paths
+    axes[0][-1].legend(fontsize=8)
+    files["interpolation.png"] = _png(fig, title)
+    return files
 
 
-def write(runs: Path, round_names: list[str], tolerance: float, out: Path) -> tuple[dict, pd.DataFrame]:
-    """Everything under metrics/; returns the headline numbers and the tidy table."""
-    df, curves = collect(runs, round_names)
-    inst, points = read_instability(runs, round_names)
-    if not inst.empty:  # the ticket rows of the tidy table get their instability
-        df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
-    atomic_write_bytes(out / "rounds.csv", df.to_csv(index=False).encode())
-    atomic_write_bytes(out / "accuracy.csv", accuracy_table(df).to_csv(index=False).encode())
-    summary = headline(df, tolerance, output_classes(runs))
-    if not inst.empty:
-        summary["instability"] = instability_headline(inst)
+# ---------------------------------------------------------------- report, outputs, write
+
+
+def report(summary: dict, df: pd.DataFrame, tolerance: float, settings: dict[str, str], images: list[str]) -> str:
+    """metrics/report.md: the run's settings, the verdict against the controls, the figures and the per-round
+    tables, readable offline."""
+    dense = summary["dense"]["test_accuracy"]
+    lines = ["# Lottery ticket report", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    lines += [
+        "",
+        f"Dense test accuracy: **{dense:.2f}%** (early stop at iteration {summary['dense']['early_stop_iteration']:.0f}), "
+        f"{df['trial'].nunique()} trial(s). Tickets pruned by **{summary.get('criterion', 'magnitude')}** "
+        f"(prune.at: {summary.get('at', 'trained')}).",
+        "",
+        f"Winning-ticket verdict: **{summary['verdict']}**.",
+    ]
+    also = control_wins(summary) if "ticket" in summary else {}
+    if also:
+        lines += ["", f"**{'A control wins' if len(also) == 1 else 'Controls win'} too** "
+                  f"({', '.join(f'{v} down to {_pct(w)}' for v, w in also.items())} of the weights remaining): "
+                  "down to there, winning alone does not set the ticket apart; its margin over the controls (below) "
+                  "does. Short runs often look like this: the controls fall behind with longer training and deeper "
+                  "pruning."]
+    lines += ["", "| variant | smallest winning % remaining | max early-stop speed-up | max accuracy gain (pp) |",
+              "|---|---|---|---|"]
+    for v in VARIANTS:
+        if v in summary:
+            h = summary[v]
+            lines.append(f"| {v} | {_pct(h['smallest_winning_weights_remaining'])} | {h['max_early_stop_speedup']:.2f}x "
+                         f"| {h['max_accuracy_gain']:+.2f} |")
+    if "instability" in summary:
+        lines += ["", f"Instability: the ticket's mean test instability stays at or below the threshold down to "
+                  f"**{_pct(summary['instability']['sparsest_stable_weights_remaining'])}** of the weights remaining."]
+    else:
+        lines += ["", "Instability: not measured (instability.enabled: false)."]
+    m = margins(df)
+    controls = [v for v in CONTROLS if v in m]
+    if len(m) and controls:
+        win = lambda a: f"{a:.2f} ✓" if summary["dense_trained"] and a >= dense - tolerance else f"{a:.2f}"  # noqa: E731
+        lines += ["", "## The ticket against its controls", "",
+                  "Mean test accuracy over trials (%) and the ticket's margin over each control (percentage points). "
+                  f"✓: within {tolerance} pp of dense ({dense:.2f}%), the winning rule.", "",
+                  "| round | % remaining | ticket | " + " | ".join(f"{v} | margin over {v}" for v in controls) + " |",
+                  "|---|---|---|" + "---|---|" * len(controls)]
+        for _, r in m.iterrows():
+            lines.append(f"| {r['round']} | {r['weights_remaining']:.2f} | {win(r['ticket'])} | "
+                         + " | ".join(f"{win(r[v])} | {r[f'{v}_margin']:+.2f}" for v in controls) + " |")
+    lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
+    lines += [f"![{Path(name).stem}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
+
+
+def outputs(study: Study, tolerance: float, settings: dict[str, str]) -> tuple[dict, dict[str, bytes]]:
+    """The headline numbers and every file of metrics/ (name -> bytes), computed in memory; nothing is written."""
+    df = study.df
+    summary = headline(df, tolerance, study.classes)
+    if not study.inst.empty:
+        summary["instability"] = instability_headline(study.inst)
         for name, entry in summary["instability"]["rounds"].items():
             summary["rounds"][name]["instability"] = entry
-    atomic_write_bytes(out / "summary.json", (json.dumps(declared(summary), indent=2) + "\n").encode())
-    atomic_write_bytes(out / "rounds.json", (json.dumps(summary["rounds"], indent=2) + "\n").encode())
-    images = figures(df, curves, layer_table(runs, round_names), out)
-    last = round_names[-1]
-    first, _ = load(Path(runs) / last / "mask.pt", "mask")
-    images.append(first_layer_image(next(iter(first.values())), f"{last}: first-layer weights kept per input",
-                                    out / "mask_first_layer.png"))
-    if not inst.empty:
-        images += instability_figures(inst, points, out)
-    report(summary, df, tolerance, images, out / "report.md")
-    return summary, df
+    title = subtitle(settings)
+    files = {
+        "rounds.csv": df.to_csv(index=False).encode(),
+        "accuracy.csv": accuracy_table(df).to_csv(index=False).encode(),
+        "summary.json": (json.dumps(declared(summary), indent=2) + "\n").encode(),
+        "rounds.json": (json.dumps(summary["rounds"], indent=2) + "\n").encode(),
+        **figures(df, study.curves, study.layers, tolerance, title),
+        "mask_first_layer.png": first_layer_image(study.first_layer, f"{study.last}: first-layer weights kept per input",
+                                                  subtitle(settings, 80)),
+    }
+    if not study.inst.empty:
+        files.update(instability_figures(study.inst, study.points, title))
+    images = [name for name in files if name.endswith(".png")]
+    for name, key in OPTIONAL_FIGURES.items():
+        files.setdefault(name, placeholder(f"{Path(name).stem}: not measured in this run ({key}: false)", title))
+    files["report.md"] = report(summary, df, tolerance, settings, images).encode()
+    return summary, files
+
+
+def write(files: dict[str, bytes], out: Path) -> None:
+    """Write `files` under `out`, each atomically."""
+    for name, data in files.items():
+        atomic_write_bytes(Path(out) / name, data)
 
 
 def format_table(df: pd.DataFrame) -> str:

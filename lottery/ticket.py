@@ -28,6 +28,11 @@ class Single(nn.Module):
 
 def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
     """Trial `trial` of round `round_name` as one file; the round's mask and model must say they are that round's."""
+    artifacts.save(Path(path), *build(runs, round_name, trial))
+
+
+def build(runs: Path, round_name: str, trial: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of `export`, loaded and checked (nothing written)."""
     runs = Path(runs)
     theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights")
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
@@ -52,8 +57,8 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
         tensors[f"init/{key}"], tensors[f"trained/{key}"] = w0, w
     kept = sum(int(m[trial].sum()) for m in mask.values())
     total = sum(m[trial].numel() for m in mask.values())
-    artifacts.save(Path(path), tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
-                                         "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total, **io})
+    return tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
+                     "seed": meta["seeds"][trial], "weights_remaining": 100.0 * kept / total, **io}
 
 
 def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:

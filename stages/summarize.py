@@ -1,8 +1,13 @@
-"""summarize: runs/<round>/metrics.json of every round -> metrics/ (summary.json, CSVs, figures)."""
+"""summarize: runs/<round>/metrics.json of every round -> metrics/ (summary.json, CSVs, figures, report, ticket).
+
+Every input is read and checked, and every output computed, before the first file is written: a bad input
+stops it in one line with metrics/ untouched.
+"""
 import argparse
+import dataclasses
 from pathlib import Path
 
-from lottery import config, summary, ticket
+from lottery import artifacts, config, summary, ticket
 from lottery.cli import run
 
 
@@ -13,12 +18,15 @@ def main() -> None:
     ap.add_argument("--out", default="metrics")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    names = config.round_names(cfg.prune)
-    result, df = summary.write(Path(args.runs), names, cfg.summary.tolerance, Path(args.out))
-    print(summary.format_table(df))
+    study = summary.collect(Path(args.runs), config.round_names(cfg.prune))
+    settings = summary.settings(dataclasses.asdict(cfg), summary.commit())
+    result, files = summary.outputs(study, cfg.summary.tolerance, settings)
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
-    best = summary.winning_round(df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
-    ticket.export(Path(args.runs), best, Path(args.out) / "ticket.pt")
+    best = summary.winning_round(study.df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
+    exported = ticket.build(Path(args.runs), best)
+    summary.write(files, Path(args.out))
+    artifacts.save(Path(args.out) / "ticket.pt", *exported)
+    print(summary.format_table(study.df))
     print(f"[summarize] {result['verdict']} (exported {best}) -> {args.out}/ (report.md, ticket.pt)")
 
 

@@ -166,11 +166,11 @@ def test_instability_summary_headline_csv_and_figures(tmp_path):
         "r2": {"weights_remaining": 64.0, "ticket_instability": 4.0, "train_instability": 2.0, "stable_trials": 0}},
         "sparsest_stable_weights_remaining": 80.0}
     assert len(points) == 3 * 2 * 2
-    paths = summary.instability_figures(inst, points, tmp_path)
-    assert [p.name for p in paths] == ["instability.png", "interpolation.png"]
-    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    files = summary.instability_figures(inst, points)
+    assert list(files) == ["instability.png", "interpolation.png"]
+    assert all(data[:4] == b"\x89PNG" for data in files.values())
     (runs / "r1" / "metrics.json").write_text(json.dumps({**json.loads((runs / "r0" / "metrics.json").read_text()),
-                                                          "instability": {"trials": [{}]}}))
+                                                          "round": "r1", "instability": {"trials": [{}]}}))
     with pytest.raises(artifacts.ArtifactError, match="r1/metrics.json: malformed instability record"):
         summary.read_instability(runs, ["r1"])
 

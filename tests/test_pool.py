@@ -43,6 +43,8 @@ def test_pooling_two_seeds(repo, tmp_path):
     assert declared == summary.declared(summary.headline(expect, repo.params()["summary"]["tolerance"]))
     for f in ("accuracy.csv", "rounds.json", "report.md", "accuracy.png", "mask_first_layer.png"):
         assert (repo.path / "pooled" / f).is_file(), f
+    report = (repo.path / "pooled" / "report.md").read_text()  # which experiments and seeds were pooled
+    assert "| experiments | s1 (seeds 1), s0 (seeds 0) |" in report and "| trials | 2 (seeds 0, 1) |" in report
 
     # The pooled study is the one experiment with trials=2, seed=0 (the committed workspace), row for row
     # and number for number: every draw of a trial derives from its own seed, the validation split from

@@ -1,14 +1,18 @@
 """Summary numbers on a hand-made table; figures, report and the exported ticket from a real run."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
 import warnings
 
 import pandas as pd
 import pytest
 import torch
 
-from lottery import artifacts, summary
+from lottery import artifacts, config, summary
 from lottery.ticket import load_ticket
 
 
@@ -68,11 +72,12 @@ def test_a_dense_network_at_chance_declares_no_winning_ticket():
     table["test_accuracy"] += 0.1
     h = summary.headline(table, 0.5, classes=10)
     assert h["dense_trained"] is True and h["ticket"]["smallest_winning_weights_remaining"] == 51.2
-    assert h["verdict"] == "the ticket stays within 0.5 pp of dense (15.10%) down to 51.2% of the weights remaining"
+    assert h["verdict"] == ("the ticket stays within 0.5 pp of dense (15.10%) down to 51.20% of the weights remaining; "
+                            "controls win too: reinit down to 51.20%, random down to 51.20%")
     # the hand-made table of a trained network: the verdict of test_headline_numbers_on_a_hand_made_table
     h = summary.headline(_table(), tolerance=0.5, classes=10)
     assert h["dense_trained"] is True and h["ticket"]["smallest_winning_weights_remaining"] == 64.0
-    assert "down to 64.0% of the weights remaining" in h["verdict"]
+    assert "down to 64.00% of the weights remaining" in h["verdict"]
 
 
 def test_winning_round_is_the_dense_round_when_no_pruned_round_wins():
@@ -97,6 +102,17 @@ def test_a_malformed_metrics_file_is_an_artifact_error_naming_it(tmp_path, text,
     assert str(path) in str(e.value)
     with pytest.raises(artifacts.ArtifactError, match="missing"):
         summary.collect(tmp_path, ["r1"])
+
+
+def test_the_metrics_of_another_round_are_refused(tmp_path):
+    # `cp runs/r1/metrics.json runs/r2/metrics.json` would otherwise report r1's numbers as r2's
+    net = {**{k: 0 for k in summary.NETWORK_KEYS}, "variant": "ticket", "layers_remaining": {}}
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "metrics.json").write_text(json.dumps({"round": "r1", "index": 1, "networks": [net]}))
+    with pytest.raises(artifacts.ArtifactError) as e:
+        summary.collect(tmp_path, ["r2"])
+    assert str(e.value) == (f"{tmp_path / 'r2' / 'metrics.json'}: holds the metrics of round 'r1', not 'r2'; "
+                            "`dvc repro -f` the round that writes it")
 
 
 def test_accuracy_table_has_one_row_per_round():
@@ -128,7 +144,8 @@ def test_figures_report_and_ticket_of_a_real_run(template):
     assert "![accuracy](accuracy.png)" in report and "Winning-ticket verdict" in report
     result = json.loads((m / "summary.json").read_text())  # the tiny run's dense network trains: far above chance
     assert result["dense_trained"] is True and result["dense_acc"] > 100 / 10 + summary.CHANCE_MARGIN
-    assert summary.output_classes(template.path / "runs") == 10 and "**the ticket stays within" in report
+    assert summary.collect(template.path / "runs", ["r0", "r1", "r2"]).classes == 10
+    assert "**the ticket stays within" in report
     rows = pd.read_csv(m / "rounds.csv")
     assert len(rows) == 2 + 2 * 3 * 2  # r0: 2 trials; r1, r2: 3 variants x 2 trials
     assert sorted(rows[rows["variant"] == "ticket"]["seed"].unique()) == [0, 1]
@@ -152,3 +169,113 @@ def test_figures_report_and_ticket_of_a_real_run(template):
     assert torch.equal(init.net.layers[0].weight[0] != 0, ticket["mask/layers.0.weight"])
     kept = ticket["mask/layers.0.weight"]
     assert torch.equal(init.net.layers[0].weight[0][kept], theta0["layers.0.weight"][0][kept])
+
+
+SETTINGS = {"data.dataset": "mnist1d", "commit": "0123456789ab"}
+
+
+def test_report_margins_and_controls_that_win_too():
+    # dense 88.2, tolerance 0.5: the ticket wins down to 64%, reinit and random down to 80% (they "win" too)
+    h = summary.headline(_table(), tolerance=0.5)
+    assert h["verdict"] == ("the ticket stays within 0.5 pp of dense (88.20%) down to 64.00% of the weights remaining; "
+                            "controls win too: reinit down to 80.00%, random down to 80.00%")
+    m = summary.margins(_table())
+    assert list(m["round"]) == ["r1", "r2", "r3"] and list(m["weights_remaining"]) == [80.0, 64.0, 51.2]
+    assert [round(x, 6) for x in m["reinit_margin"]] == [0.6, 0.9, 1.5]
+    assert [round(x, 6) for x in m["random_margin"]] == [0.7, 2.0, 2.5]
+    lines = summary.report(h, _table(), 0.5, SETTINGS, ["accuracy.png"]).splitlines()
+    assert lines[:6] == ["# Lottery ticket report", "", "| setting | value |", "|---|---|", "| data.dataset | mnist1d |",
+                         "| commit | 0123456789ab |"]
+    assert ("**Controls win too** (reinit down to 80.00%, random down to 80.00% of the weights remaining): down to "
+            "there, winning alone does not set the ticket apart") in "\n".join(lines)
+    assert "| ticket | 64.00% | 2.10x | +0.50 |" in lines and "| random | 80.00% | 1.05x | -0.20 |" in lines
+    i = lines.index("| round | % remaining | ticket | reinit | margin over reinit | random | margin over random |")
+    assert lines[i + 2:i + 5] == ["| r1 | 80.00 | 88.70 ✓ | 88.10 ✓ | +0.60 | 88.00 ✓ | +0.70 |",
+                                  "| r2 | 64.00 | 88.00 ✓ | 87.10 | +0.90 | 86.00 | +2.00 |",
+                                  "| r3 | 51.20 | 87.50 | 86.00 | +1.50 | 85.00 | +2.50 |"]
+    assert "Instability: not measured (instability.enabled: false)." in lines and lines[-1] == "![accuracy](accuracy.png)"
+
+
+def test_a_variant_that_never_wins_shows_a_dash_and_a_winning_control_is_named():
+    tight = summary.headline(_table(), tolerance=0.0)  # only the ticket's r1 (88.7) reaches dense (88.2)
+    text = summary.report(tight, _table(), 0.0, SETTINGS, [])
+    assert "| reinit | — | 1.05x | -0.10 |" in text and "| random | — | 1.05x | -0.20 |" in text
+    assert "None" not in text and "win too" not in text and tight["verdict"].endswith("down to 80.00% of the weights remaining")
+    table = _table()
+    table.loc[(table["index"] > 0) & table["variant"].isin(["ticket", "reinit"]), "test_accuracy"] -= 5
+    h = summary.headline(table, 0.5)
+    assert h["verdict"] == "no pruned ticket stays within 0.5 pp of dense (88.20%); but a control does: random down to 80.00%"
+    assert "| ticket | — |" in summary.report(h, table, 0.5, SETTINGS, [])
+
+
+def test_settings_name_the_params_keys_and_the_commit(tmp_path):
+    import dataclasses
+
+    s = summary.settings(dataclasses.asdict(config.Config()), "0123456789ab")
+    assert s == {"data.dataset": "fashion-mnist", "model.name": "lenet-300-100", "train.iterations": "3000",
+                 "prune.strategy": "layerwise", "prune.rate": "0.2", "prune.rounds": "15", "prune.criterion": "magnitude",
+                 "controls": "reinit, random", "trials": "2 (seeds 0, 1)", "summary.tolerance": "0.5 pp",
+                 "commit": "0123456789ab"}
+    assert set(config.REPORT_SETTINGS) <= set(config.STAGE_PARAMS["summarize"])  # a change reruns summarize
+    assert summary.settings({**dataclasses.asdict(config.Config()), "controls": []}, "x", [3, 4, 5, 6])["trials"] == \
+        "4 (seeds 3–6)"
+    assert summary.settings({**dataclasses.asdict(config.Config()), "controls": []}, "x", [0, 2])["controls"] == "none"
+    # the commit: HEAD, or a plain statement where there is none (`git init` then `dvc repro` must work)
+    assert summary.commit(tmp_path) == "none (not a git repository)"
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)  # noqa: E731
+    git("init", "-q")
+    assert summary.commit(tmp_path) == "none (no commit yet)"
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "x")
+    assert summary.commit(tmp_path) == git("rev-parse", "HEAD").stdout.strip()[:12]
+
+
+def test_every_round_is_labelled_on_the_log_axes():
+    plt = summary._plt()
+    fig, ax = plt.subplots()
+    x = [100.0, 80.0, 64.0, 51.2, 40.96, 3.5184]
+    ax.plot(x, range(len(x)))
+    summary._round_ticks(ax, x, [f"r{k}" for k in range(len(x))], pad=1.1)
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == x and [t.get_text() for t in ax.get_xticklabels()] == \
+        ["100", "80", "64", "51.2", "41", "3.52"]
+    assert len(ax.xaxis.get_minorticklocs()) == 0 and ax.get_xlim()[0] > ax.get_xlim()[1]  # sparsest right
+    top = ax.child_axes[0]
+    assert [t.get_text() for t in top.get_xticklabels()] == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    summary._log_ticks(ax, 3.5, 100.0)  # a log y axis over two decades: 1-2-5 ticks in plain numbers
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["5", "10", "20", "50", "100"]
+    summary._log_ticks(ax, 40.96, 100.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["40", "50", "60", "70", "80", "90", "100"]
+    many = [100 * 0.8 ** k for k in range(101)]  # past 30 rounds, one label in every few, first and sparsest kept
+    summary._round_ticks(ax, many, [f"r{k}" for k in range(101)])
+    assert len(ax.get_xticks()) == 26 and ax.get_xticks()[0] == 100 and ax.get_xticks()[-1] == many[-1]
+    plt.close(fig)
+
+
+def test_summarize_checks_every_input_before_writing_any_and_replaces_stale_figures(repo):
+    """Issue 25: a mask copied from another round stops summarize before it redraws anything; issue 24: figures of
+    a capability that is now off (instability.png, interpolation.png) are rewritten as placeholders that say so, not
+    left stale, and report.md does not link them."""
+    m, mask = repo.path / "metrics", repo.path / "runs" / "r2" / "mask.pt"
+    for name in summary.OPTIONAL_FIGURES:  # as an earlier summarize with instability.enabled left them
+        (m / name).write_bytes(b"stale")
+    good = mask.read_bytes()
+    mask.unlink()  # never write through a link into DVC's cache
+    shutil.copy(repo.path / "runs" / "r1" / "mask.pt", mask)
+    state = lambda: {f.name: (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)  # noqa: E731
+                     for f in m.iterdir()}
+    before = state()
+    p = repo.run(sys.executable, "-m", "stages.summarize", check=False)
+    assert p.returncode == 2 and p.stderr == "error: runs/r2/mask.pt: metadata round='r1' does not match this run's 'r2'\n"
+    assert state() == before  # every file byte-identical and untouched, the stale figures included
+
+    mask.unlink()
+    mask.write_bytes(good)
+    repo.run(sys.executable, "-m", "stages.summarize")
+    placeholders = {name: (m / name).read_bytes() for name in summary.OPTIONAL_FIGURES}
+    assert all(data[:4] == b"\x89PNG" for data in placeholders.values())  # rewritten: they say "not measured"
+    report = (m / "report.md").read_text()
+    assert "instability.png" not in report and "Instability: not measured" in report
+    head = repo.run("git", "rev-parse", "HEAD").stdout.strip()[:12]
+    assert f"| commit | {head} |" in report and "| trials | 2 (seeds 0, 1) |" in report
+    assert "| data.dataset | mnist1d |" in report and "| model.name | mlp-mnist1d |" in report
+    assert state()["summary.json"][0] == before["summary.json"][0]  # the same numbers, keys unchanged
