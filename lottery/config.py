@@ -259,6 +259,11 @@ def stage_of(round_name: str) -> str:
     return "init" if round_name == "init" else "dense" if round_name == "r0" else "round"
 
 
+def artifact_params(cfg: "Config", round_name: str) -> str:
+    """The params digest a round's artifacts record (`init`, `r0`, `rK`), and what every reader expects of them."""
+    return cfg.digest(STAGE_PARAMS[stage_of(round_name)])
+
+
 def dvc_stage(round_name: str) -> str:
     """The dvc.yaml stage that writes a round's artifacts: init, dense or round@rK."""
     return {"init": "init", "dense": "dense"}.get(stage_of(round_name), f"round@{round_name}")

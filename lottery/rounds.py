@@ -26,7 +26,7 @@ import torch
 
 from . import artifacts, generic, instability, masks, models, pruning, saliency
 from .artifacts import ArtifactError
-from .config import STAGE_PARAMS, Config, ConfigError, is_import_path, predecessor, stage_of
+from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
 from .data import CLASSES, SHAPES, load_prepared, prepared_params, sizes
 from .runtime import one_thread, resolve_device
 from .training import Orders, train
@@ -47,8 +47,8 @@ def round_index(name: str) -> int:
 
 def _meta(cfg: Config, kind: str, round_name: str, **extra) -> dict:
     """Artifact metadata; its params digest covers exactly the keys of the stage that writes it (STAGE_PARAMS)."""
-    digest = cfg.digest(STAGE_PARAMS[stage_of(round_name)])
-    return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg), "params": digest, **extra}
+    return {"kind": kind, "model": cfg.model.name, "round": round_name, "seeds": trial_seeds(cfg),
+            "params": artifact_params(cfg, round_name), **extra}
 
 
 def build_model(cfg: Config, seeds: list[int], io: tuple[int, tuple[int, ...]] | None = None) -> torch.nn.Module:
@@ -121,8 +121,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
 
 def _load_round(cfg: Config, runs: Path, name: str, reference: dict[str, torch.Tensor], names: list[str]):
     """The ticket weights and mask a round wrote, checked against each other and this run."""
-    expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg),
-              "params": cfg.digest(STAGE_PARAMS[stage_of(name)])}
+    expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg), "params": artifact_params(cfg, name)}
     weights, meta = artifacts.load(runs / name / "model.pt", "weights", expect)
     artifacts.check_like(runs / name / "model.pt", weights, reference)
     mask, _ = artifacts.load(runs / name / "mask.pt", "mask", expect)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .artifacts import ArtifactError, atomic_write_bytes, load
-from .config import REPORT_SETTINGS
+from .config import REPORT_SETTINGS, Config, artifact_params
 
 COLUMNS = [
     "round", "index", "variant", "trial", "seed", "init_seed", "mask_seed", "weights_remaining",
@@ -94,9 +94,10 @@ def _malformed(m) -> str | None:
     return None
 
 
-def collect(runs: Path, round_names: list[str]) -> Study:
+def collect(runs: Path, round_names: list[str], cfg: Config | None = None) -> Study:
     """Read and check every input of the named rounds: metrics, validation curves, instability records, and
-    the masks summarize draws from (the dense round's and the last round's, which must say they are theirs)."""
+    the masks summarize draws from (the dense round's and the last round's, which must say they are theirs,
+    and with `cfg`, that they were written with its params)."""
     runs = Path(runs)
     rows, curves, layers, seeds = [], [], [], {}
     for name in round_names:
@@ -116,9 +117,12 @@ def collect(runs: Path, round_names: list[str]) -> Study:
         df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
     if "r0" not in seeds:
         raise ArtifactError("no dense round (r0) in the results")
-    dense, _ = load(runs / "r0" / "mask.pt", "mask", {"round": "r0", "seeds": seeds["r0"]})
+    def expect(name: str) -> dict:
+        return {"round": name, "seeds": seeds[name], **({"params": artifact_params(cfg, name)} if cfg else {})}
+
+    dense, _ = load(runs / "r0" / "mask.pt", "mask", expect("r0"))
     last = round_names[-1]
-    mask, _ = load(runs / last / "mask.pt", "mask", {"round": last, "seeds": seeds[last]})
+    mask, _ = load(runs / last / "mask.pt", "mask", expect(last))
     return Study(df, pd.concat(curves, ignore_index=True), pd.DataFrame(layers), inst, points,
                  classes=int(list(dense.values())[-1].shape[1]), last=last, first_layer=next(iter(mask.values())))
 

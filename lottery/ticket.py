@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import artifacts, models
+from .config import Config, artifact_params
 
 
 class Single(nn.Module):
@@ -31,18 +32,20 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
     artifacts.save(Path(path), *build(runs, round_name, trial))
 
 
-def build(runs: Path, round_name: str, trial: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and metadata of `export`, loaded and checked (nothing written)."""
+def build(runs: Path, round_name: str, trial: int = 0, cfg: Config | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of `export`, loaded and checked (nothing written); with `cfg`, the artifacts
+    must have been written with its params."""
     runs = Path(runs)
-    theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights")
+    params = (lambda name: {"params": artifact_params(cfg, name)}) if cfg else (lambda name: {})
+    theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights", params("init"))
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
     io = {k: init_meta[k] for k in ("num_classes", "input_shape") if k in init_meta}  # your own network's sizes
     reference = models.build(model, [0] * len(seeds), **io).state_dict()
     artifacts.check_like(runs / "init" / "model.pt", theta0, reference)
-    init_mask, _ = artifacts.load(runs / "init" / "mask.pt", "mask", {"model": model, "seeds": seeds})
+    init_mask, _ = artifacts.load(runs / "init" / "mask.pt", "mask", {"model": model, "seeds": seeds, **params("init")})
     names = [k for k in init_mask if k in reference]  # the prunable weights init chose (prune.layers / ignore)
     artifacts.check_like(runs / "init" / "mask.pt", init_mask, {k: reference[k] for k in names})
-    expect = {"model": model, "round": round_name, "seeds": seeds}
+    expect = {"model": model, "round": round_name, "seeds": seeds, **params(round_name)}
     trained, meta = artifacts.load(runs / round_name / "model.pt", "weights", expect)
     artifacts.check_like(runs / round_name / "model.pt", trained, reference)
     mask, _ = artifacts.load(runs / round_name / "mask.pt", "mask", expect)

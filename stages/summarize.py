@@ -18,12 +18,12 @@ def main() -> None:
     ap.add_argument("--out", default="metrics")
     args = ap.parse_args()
     cfg = config.load(args.params)
-    study = summary.collect(Path(args.runs), config.round_names(cfg.prune))
+    study = summary.collect(Path(args.runs), config.round_names(cfg.prune), cfg)
     settings = summary.settings(dataclasses.asdict(cfg), summary.commit())
     result, files = summary.outputs(study, cfg.summary.tolerance, settings)
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
     best = summary.winning_round(study.df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
-    exported = ticket.build(Path(args.runs), best)
+    exported = ticket.build(Path(args.runs), best, cfg=cfg)
     summary.write(files, Path(args.out))
     artifacts.save(Path(args.out) / "ticket.pt", *exported)
     print(summary.format_table(study.df))

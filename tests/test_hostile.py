@@ -121,3 +121,15 @@ def test_make_repro_works_in_a_copy_without_history(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert ran(p.stdout) == ["prepare", "init", "dense", "round@r1", "summarize"], p.stdout
     assert (folder / ".git").is_dir() and (folder / "metrics" / "summary.json").is_file()
+
+
+def test_summarize_and_the_ticket_export_check_the_params_digest_too(repo):
+    before = {p: p.read_bytes() for p in (repo.path / "metrics").iterdir()}
+    retag(repo.path / "runs/r2/mask.pt", params="0" * 16)
+    line = one_error_line(repo.run(sys.executable, "-m", "stages.summarize", check=False))
+    assert line.startswith("error: runs/r2/mask.pt: written with other values of stage 'round@r2's params"), line
+    retag(repo.path / "runs/r2/mask.pt", params=config.artifact_params(config.load(repo.path / "params.yaml"), "r2"))
+    retag(repo.path / "runs/init/model.pt", params="0" * 16)  # read by the ticket export alone
+    line = one_error_line(repo.run(sys.executable, "-m", "stages.summarize", check=False))
+    assert line.startswith("error: runs/init/model.pt: written with other values of stage 'init's params"), line
+    assert before == {p: p.read_bytes() for p in (repo.path / "metrics").iterdir()}  # nothing written
