@@ -79,14 +79,27 @@ def _run(cmd: list[str], cwd, env, on_line=None, timeout: float | None = None, m
     return lines
 
 
+def check_name(prefix: str) -> None:
+    """--name must make valid experiment names <prefix>-<i> (DVC's rule: a git ref name without '/')."""
+    ok = "/" not in prefix and subprocess.run(["git", "check-ref-format", f"refs/exps/{prefix}-1"]).returncode == 0
+    if not ok:
+        raise ClusterError(f"--name {prefix!r} is not a valid experiment name (no '/', spaces, '..', '~', '^', ':' "
+                           "or other characters git refuses in a ref name)")
+
+
 def sweep(overrides: list[str]) -> list[list[str]]:
     """Every combination of the `-S` overrides, as `dvc exp run --queue` expands them."""
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
 
+    from hydra.errors import HydraException
+
     if not overrides:
         return [[]]
-    return [combo.get("params.yaml", []) for combo in get_hydra_sweeps(to_path_overrides(overrides))]
+    try:
+        return [combo.get("params.yaml", []) for combo in get_hydra_sweeps(to_path_overrides(overrides))]
+    except HydraException as e:  # a malformed override: Hydra's message names it
+        raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
 
 
 def validate(combos: list[list[str]], root: Path = Path(".")) -> None:
@@ -96,13 +109,9 @@ def validate(combos: list[list[str]], root: Path = Path(".")) -> None:
     with tempfile.TemporaryDirectory(prefix="lottery-cluster-") as tmp:
         for combo in combos:
             try:
-                path = compose(combo, root, str(Path(tmp) / "params.yaml"))
-            except Exception as e:  # Hydra's composition errors: an unknown key, a bad override
-                raise ConfigError(f"-S {' '.join(combo)}: {str(e).splitlines()[0]}") from None
-            try:
-                load(path)
+                load(compose(combo, root, str(Path(tmp) / "params.yaml")), complete=True)
             except ConfigError as e:
-                raise ConfigError(f"-S {' '.join(combo)}: {e}") from None
+                raise ConfigError(f"-S {' '.join(combo)}: {str(e).replace(tmp + '/', '')}") from None
 
 
 def dirty_params(root: Path = Path(".")) -> dict[str, str]:
@@ -345,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dvc-remote", help="DVC remote name (default: the repo's default remote)")
     ap.add_argument("--git-remote", default="origin")
     args = ap.parse_args(argv)
+    if args.name is not None:
+        check_name(args.name)
     combos = sweep(args.overrides)
     validate(combos)
     params_files = dirty_params()

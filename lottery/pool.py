@@ -25,6 +25,7 @@ import yaml
 
 from . import artifacts, summary
 from .config import LotteryError
+from .revisions import Revision, RevisionError
 
 
 class PoolError(LotteryError, ValueError):
@@ -66,18 +67,17 @@ def check(studies: dict[str, dict]) -> None:
 
 def fetch(rev: str, dst: Path, repo: str = ".") -> dict:
     """params.yaml and runs/<round>/ of `rev` copied under `dst`; returns the params."""
-    from dvc.api import DVCFileSystem
-    from dvc.repo import Repo
-    from dvc.scm import resolve_rev
-
-    with Repo(repo) as r:
-        sha = resolve_rev(r.scm, rev)
-    fs = DVCFileSystem(repo, rev=sha)
-    params = yaml.safe_load(fs.read_text("params.yaml"))
-    for name in round_names(params):
+    r = Revision(rev, repo)
+    params = yaml.safe_load(r.read("params.yaml"))
+    try:
+        names, _ = round_names(params), seeds_of(params)
+    except (TypeError, KeyError, AttributeError):
+        raise RevisionError(f"params.yaml of '{rev}' has no prune.chain, seed or trials: not an experiment of this "
+                            "project") from None
+    for name in names:
         (dst / "runs" / name).mkdir(parents=True, exist_ok=True)
         for f in ("metrics.json", "mask.pt", "live"):
-            fs.get(f"runs/{name}/{f}", str(dst / "runs" / name / f), recursive=f == "live")
+            r.get(f"runs/{name}/{f}", dst / "runs" / name / f, f"did '{rev}' run round {name}?")
     return params
 
 
@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("experiments", nargs="+", metavar="EXP")
     ap.add_argument("-o", "--out", default="metrics-pooled")
     args = ap.parse_args()
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise PoolError(f"-o {args.out!r} is a file, not a folder")
     pool(args.experiments, Path(args.out))
 
 

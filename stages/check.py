@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--out", default="data/raw.json")
     ap.add_argument("--code", default="data/code.json", help="the source files of your own network, digested")
     args = ap.parse_args()
-    cfg = config.load(args.params)
+    cfg = config.load(args.params, complete=True)
     record = raw.describe(cfg.data.dataset, cfg.data.root)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
