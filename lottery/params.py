@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.check and args.overrides:
         ap.error("--check validates params.yaml as it is: no overrides")
-    path = Path("params.yaml").resolve() if args.check else compose(args.overrides)
+    path = Path("params.yaml") if args.check else compose(args.overrides)
     try:
         load(path, complete=True)
     except ConfigError as e:
