@@ -1,4 +1,4 @@
-"""Hostile input to every documented command: a nonexistent experiment or revision, a malformed round, a
+"""Hostile input to every documented command (README): a nonexistent experiment or revision, a malformed round, a
 detached HEAD left by a killed `dvc exp run`; and the DVC-level cases (a params file missing keys, prune.rounds
 out of range, a module of Python itself as a factory). Each is one line naming the thing, exit 2 (DVC's
 own commands: its one ERROR line), no traceback.
@@ -34,6 +34,8 @@ CASES = {
     "cluster-malformed-name": (["lottery.cluster", "--name", "a/b"], "--name 'a/b' is not a valid experiment name"),
     "cluster-malformed-round": (["lottery.cluster", "-S", "prune.rounds=r1"],
                                 "-S prune.rounds=r1: prune.rounds: 'r1' is not allowed (an integer in [0, 100])"),
+    "round-stage-malformed-round": (["stages.round", "x", "r0"], "round 'x' is not a round of this experiment: r0 to r2"),
+    "round-stage-absent-round": (["stages.round", "r9", "r8"], "round 'r9' is not a round of this experiment: r0 to r2"),
     "params-nonexistent-key": (["lottery.params", "nosuch=1"], "Could not override 'nosuch'"),
     "params-malformed-round": (["lottery.params", "prune.rounds=r1"], "prune.rounds: 'r1' is not allowed (an integer in [0, 100])"),
 }
