@@ -91,7 +91,6 @@ def sweep(overrides: list[str]) -> list[list[str]]:
     """Every combination of the `-S` overrides, as `dvc exp run --queue` expands them."""
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
-
     from hydra.errors import HydraException
 
     if not overrides:

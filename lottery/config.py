@@ -426,20 +426,23 @@ def load(path: str | Path = "params.yaml", complete: bool = False) -> Config:
         regenerate = "params.yaml is generated from conf/config.yaml: `make params` or `dvc exp run` rewrites it"
         if not raw:
             raise ConfigError(f"{path} is empty ({regenerate})")
-        missing = [k for k in _keys(dataclasses.asdict(Config())) if not _has(raw, k)]
+        missing = [k for k in flatten(dataclasses.asdict(Config())) if not _has(raw, k)]
         if missing:
             raise ConfigError(f"{path}: {missing[0]} is missing" + (f" (and {len(missing) - 1} more keys)"
                                                                     if len(missing) > 1 else "") + f"; {regenerate}")
     return from_dict(raw or {})
 
 
-def _keys(d: dict, prefix: str = "") -> list[str]:
-    """Every dotted key of a nested params dict (a dict value such as prune.chain is one key)."""
-    return [k for name, v in d.items() for k in (_keys(v, f"{prefix}{name}.") if isinstance(v, dict) and v
-                                                 else [f"{prefix}{name}"])]
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested params dict as {dotted key: value}; an empty dict (prune.chain of 0 rounds) is a value."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
 
 
 def _has(raw: dict, key: str) -> bool:
+    """Whether the nested dict `raw` holds the dotted `key`."""
     for part in key.split("."):
         if not isinstance(raw, dict) or part not in raw:
             return False

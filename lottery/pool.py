@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from . import artifacts, summary
-from .config import LotteryError
+from .config import LotteryError, flatten
 from .revisions import Revision, RevisionError
 
 
@@ -41,21 +41,14 @@ def seeds_of(params: dict) -> list[int]:
     return [params["seed"] + t for t in range(params["trials"])]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check(studies: dict[str, dict]) -> None:
     """One study: the same params but `seed` (and `trials`), no trial seed twice."""
     (first, base), *rest = studies.items()
     ignore = {"seed", "trials"}
-    flat = {k: v for k, v in _flat(base).items() if k not in ignore and not k.startswith("prune.chain")}
+    flat = {k: v for k, v in flatten(base).items() if k not in ignore and not k.startswith("prune.chain")}
     owner: dict[int, str] = {}
     for name, params in studies.items():
-        other = {k: v for k, v in _flat(params).items() if k not in ignore and not k.startswith("prune.chain")}
+        other = {k: v for k, v in flatten(params).items() if k not in ignore and not k.startswith("prune.chain")}
         keys = sorted(k for k in flat.keys() | other.keys() if flat.get(k) != other.get(k))
         if keys:
             raise PoolError(f"experiments {first} and {name} differ in {', '.join(keys)}: only seed may differ")
