@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, LotteryError, load
+from .revisions import resolve
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
 # Ray lowers its workers' priority by 15 (niceness); an experiment owns the CPUs it asked for: normal priority
@@ -254,7 +255,7 @@ def submit(args, combos: list[list[str]], params_files: dict, urls: list[str]) -
     from dvc.repo import Repo
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    sha = _sh("git", "rev-parse", "HEAD").strip()
+    sha = args.sha
     ref = f"refs/lottery-cluster/{sha}"
     _sh("git", "push", "-q", "-f", args.git_remote, f"{sha}:{ref}")  # the commit every worker clones
     with Repo() as repo:  # what the driver already computed
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     combos = sweep(args.overrides)
     validate(combos)
     params_files = dirty_params()
+    args.sha = resolve("HEAD")  # the commit every worker clones (a repository with no commit stops here)
     args.dvc_remote_name, *urls = remotes(args.dvc_remote, args.git_remote)
     connect(args.address)
     refs, progress = submit(args, combos, params_files, urls)
