@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, LotteryError, load
+from .revisions import resolve
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
 # Ray lowers its workers' priority by 15 (niceness); an experiment owns the CPUs it asked for: normal priority
@@ -79,14 +80,26 @@ def _run(cmd: list[str], cwd, env, on_line=None, timeout: float | None = None, m
     return lines
 
 
+def check_name(prefix: str) -> None:
+    """--name must make valid experiment names <prefix>-<i> (DVC's rule: a git ref name without '/')."""
+    ok = "/" not in prefix and subprocess.run(["git", "check-ref-format", f"refs/exps/{prefix}-1"]).returncode == 0
+    if not ok:
+        raise ClusterError(f"--name {prefix!r} is not a valid experiment name (no '/', spaces, '..', '~', '^', ':' "
+                           "or other characters git refuses in a ref name)")
+
+
 def sweep(overrides: list[str]) -> list[list[str]]:
     """Every combination of the `-S` overrides, as `dvc exp run --queue` expands them."""
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
+    from hydra.errors import HydraException
 
     if not overrides:
         return [[]]
-    return [combo.get("params.yaml", []) for combo in get_hydra_sweeps(to_path_overrides(overrides))]
+    try:
+        return [combo.get("params.yaml", []) for combo in get_hydra_sweeps(to_path_overrides(overrides))]
+    except HydraException as e:  # a malformed override: Hydra's message names it
+        raise ConfigError(" ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
 
 
 def validate(combos: list[list[str]], root: Path = Path(".")) -> None:
@@ -96,13 +109,9 @@ def validate(combos: list[list[str]], root: Path = Path(".")) -> None:
     with tempfile.TemporaryDirectory(prefix="lottery-cluster-") as tmp:
         for combo in combos:
             try:
-                path = compose(combo, root, str(Path(tmp) / "params.yaml"))
-            except Exception as e:  # Hydra's composition errors: an unknown key, a bad override
-                raise ConfigError(f"-S {' '.join(combo)}: {str(e).splitlines()[0]}") from None
-            try:
-                load(path)
+                load(compose(combo, root, str(Path(tmp) / "params.yaml")), complete=True)
             except ConfigError as e:
-                raise ConfigError(f"-S {' '.join(combo)}: {e}") from None
+                raise ConfigError(f"-S {' '.join(combo)}: {str(e).replace(tmp + '/', '')}") from None
 
 
 def dirty_params(root: Path = Path(".")) -> dict[str, str]:
@@ -246,7 +255,7 @@ def submit(args, combos: list[list[str]], params_files: dict, urls: list[str]) -
     from dvc.repo import Repo
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    sha = _sh("git", "rev-parse", "HEAD").strip()
+    sha = args.sha
     ref = f"refs/lottery-cluster/{sha}"
     _sh("git", "push", "-q", "-f", args.git_remote, f"{sha}:{ref}")  # the commit every worker clones
     with Repo() as repo:  # what the driver already computed
@@ -345,9 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dvc-remote", help="DVC remote name (default: the repo's default remote)")
     ap.add_argument("--git-remote", default="origin")
     args = ap.parse_args(argv)
+    if args.name is not None:
+        check_name(args.name)
     combos = sweep(args.overrides)
     validate(combos)
     params_files = dirty_params()
+    args.sha = resolve("HEAD")  # the commit every worker clones (a repository with no commit stops here)
     args.dvc_remote_name, *urls = remotes(args.dvc_remote, args.git_remote)
     connect(args.address)
     refs, progress = submit(args, combos, params_files, urls)

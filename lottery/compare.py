@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from . import artifacts
-from .config import ROUND_NAME
+from .cli import output
+from .config import LotteryError
+from .revisions import Revision, RevisionError
+
+
+class CompareError(LotteryError, ValueError):
+    """Two masks that cannot be compared."""
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     if set(a) != set(b) or any(a[k].shape != b[k].shape for k in a):
-        raise ValueError("the two masks belong to different models or trial counts")
+        raise CompareError("the two masks belong to different models or trial counts")
     out = {}
     for k in a:
         inter = (a[k] & b[k]).flatten(1).sum(1).double()
@@ -32,28 +36,14 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def _read(rev: str, path: str, what: str) -> bytes:
-    """`path` of `rev` from git or the DVC cache; a one-line exit naming the revision or the file otherwise."""
-    import dvc.api
-    from dvc.exceptions import PathMissingError
-    from dvc.scm import RevError
-
-    try:
-        return dvc.api.read(path, rev=rev, mode="rb")
-    except RevError:
-        raise SystemExit(f"error: '{rev}' is neither an experiment nor a git revision of this repository (dvc exp show lists them)")
-    except (FileNotFoundError, PathMissingError):  # dvc.api.read raises PathMissingError for a path it cannot find
-        raise SystemExit(f"error: {path} does not exist in '{rev}' ({what})") from None
-
-
 def read_rounds(rev: str):
     """The tidy table metrics/rounds.csv of `rev` (one row per round x variant x trial)."""
     import pandas as pd
 
-    df = pd.read_csv(io.BytesIO(_read(rev, "metrics/rounds.csv", "did its summarize stage run?")))
+    df = pd.read_csv(io.BytesIO(Revision(rev).read("metrics/rounds.csv", "did its summarize stage run?")))
     missing = [c for c in ("variant", "weights_remaining", "test_accuracy") if c not in df]
     if missing:
-        raise SystemExit(f"error: metrics/rounds.csv in '{rev}' has no column {missing[0]!r}")
+        raise RevisionError(f"metrics/rounds.csv in '{rev}' has no column {missing[0]!r}")
     return df
 
 
@@ -87,18 +77,15 @@ def plot(tables: dict, out: Path) -> Path:
 
 def read_mask(rev: str, round_name: str) -> dict[str, torch.Tensor]:
     """The round's ticket mask in `rev`, loaded and checked by `artifacts.load` (from a temporary copy)."""
-    if not re.fullmatch(ROUND_NAME, round_name):
-        raise SystemExit(f"error: --round {round_name!r} is not a round name of '{rev}' (r<digits>: r0 is dense, "
-                         "r1 the first pruned round)")
+    blob = Revision(rev).round_file(round_name, "mask.pt")
     path = f"runs/{round_name}/mask.pt"
-    blob = _read(rev, path, f"round {round_name} is not in '{rev}': its prune.rounds is smaller, or it never ran that round")
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "mask.pt"
         copy.write_bytes(blob)
         try:
             mask, _ = artifacts.load(copy, "mask", {"round": round_name})
         except artifacts.ArtifactError as e:
-            raise SystemExit(f"error: {path} in '{rev}': {str(e).replace(str(copy) + ': ', '')}") from None
+            raise RevisionError(f"{path} in '{rev}': {str(e).replace(str(copy) + ': ', '')}") from None
     return mask
 
 
@@ -109,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", type=Path, metavar="OUT.png", help="overlay the revisions' accuracy curves in this image")
     args = ap.parse_args(argv)
     if args.plot:
-        print(f"wrote {plot({rev: read_rounds(rev) for rev in args.revs}, args.plot)}")
+        out = output(args.plot, "--plot")
+        print(f"wrote {plot({rev: read_rounds(rev) for rev in args.revs}, out)}")
         return
     if len(args.revs) != 2 or not args.round:
         ap.error("mask overlap needs exactly two revisions and --round (or --plot OUT.png for the accuracy figure)")
@@ -121,4 +109,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from .cli import run
+
+    run(main)

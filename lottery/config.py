@@ -440,7 +440,9 @@ def from_dict(raw: dict) -> Config:
     return validate(_build(Config, raw, ""))
 
 
-def load(path: str | Path = "params.yaml") -> Config:
+def load(path: str | Path = "params.yaml", complete: bool = False) -> Config:
+    """The validated params of `path`; with `complete`, every key must be in the file (as `make params` writes
+    it; DVC stops a stage whose listed key is missing, and cannot read dvc.yaml without prune.chain)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -450,4 +452,29 @@ def load(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of params, got {type(raw).__name__}")
+    if complete:
+        regenerate = "params.yaml is generated from conf/config.yaml: `make params` or `dvc exp run` rewrites it"
+        if not raw:
+            raise ConfigError(f"{path} is empty ({regenerate})")
+        missing = [k for k in flatten(dataclasses.asdict(Config())) if not _has(raw, k)]
+        if missing:
+            raise ConfigError(f"{path}: {missing[0]} is missing" + (f" (and {len(missing) - 1} more keys)"
+                                                                    if len(missing) > 1 else "") + f"; {regenerate}")
     return from_dict(raw or {})
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested params dict as {dotted key: value}; an empty dict (prune.chain of 0 rounds) is a value."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _has(raw: dict, key: str) -> bool:
+    """Whether the nested dict `raw` holds the dotted `key`."""
+    for part in key.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True

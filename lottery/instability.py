@@ -288,24 +288,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--round", default="r0", help="the sparse round to compare with the dense r0, e.g. r9")
     ap.add_argument("--out", default="instability_vs_k.png")
     args = ap.parse_args(argv)
-    import dvc.api
-    from dvc.scm import RevError
+    from .cli import output
+    from .revisions import Revision, check_round
+
+    out = output(args.out, "--out")
+    check_round(args.round, args.exps[0])
+    revs: dict[str, Revision] = {}
 
     def read(exp: str, path: str) -> str:
-        try:
-            return dvc.api.read(path, rev=exp)
-        except RevError:
-            raise ConfigError(f"'{exp}' is neither an experiment nor a git revision here (dvc exp show lists them)") from None
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist in '{exp}' (did that experiment run it?)") from None
+        if exp not in revs:
+            revs[exp] = Revision(exp)
+        return revs[exp].read(path, "did that experiment run it?").decode()
 
     rows = study_rows(args.exps, args.round, read)
     print(f"{'experiment':<24} {'k':>6} {'r0 instab.':>10} {args.round + ' instab.':>11} {args.round + ' acc %':>10}")
     for r in rows:
         print(f"{r['exp']:<24} {r['k']:>6} {r['dense']['instability']:>10.2f} {r['ticket']['instability']:>11.2f} "
               f"{r['ticket']['test_accuracy']:>10.2f}")
-    study_figure(rows, args.out)
-    print(f"-> {args.out}")
+    study_figure(rows, out)
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import torch
 import yaml
 
 from . import artifacts, summary
-from .config import LotteryError
+from .config import LotteryError, flatten
+from .revisions import Revision, RevisionError
 
 
 class PoolError(LotteryError, ValueError):
@@ -40,21 +41,14 @@ def seeds_of(params: dict) -> list[int]:
     return [params["seed"] + t for t in range(params["trials"])]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check(studies: dict[str, dict]) -> None:
     """One study: the same params but `seed` (and `trials`), no trial seed twice."""
     (first, base), *rest = studies.items()
     ignore = {"seed", "trials"}
-    flat = {k: v for k, v in _flat(base).items() if k not in ignore and not k.startswith("prune.chain")}
+    flat = {k: v for k, v in flatten(base).items() if k not in ignore and not k.startswith("prune.chain")}
     owner: dict[int, str] = {}
     for name, params in studies.items():
-        other = {k: v for k, v in _flat(params).items() if k not in ignore and not k.startswith("prune.chain")}
+        other = {k: v for k, v in flatten(params).items() if k not in ignore and not k.startswith("prune.chain")}
         keys = sorted(k for k in flat.keys() | other.keys() if flat.get(k) != other.get(k))
         if keys:
             raise PoolError(f"experiments {first} and {name} differ in {', '.join(keys)}: only seed may differ")
@@ -66,18 +60,17 @@ def check(studies: dict[str, dict]) -> None:
 
 def fetch(rev: str, dst: Path, repo: str = ".") -> dict:
     """params.yaml and runs/<round>/ of `rev` copied under `dst`; returns the params."""
-    from dvc.api import DVCFileSystem
-    from dvc.repo import Repo
-    from dvc.scm import resolve_rev
-
-    with Repo(repo) as r:
-        sha = resolve_rev(r.scm, rev)
-    fs = DVCFileSystem(repo, rev=sha)
-    params = yaml.safe_load(fs.read_text("params.yaml"))
-    for name in round_names(params):
+    r = Revision(rev, repo)
+    params = yaml.safe_load(r.read("params.yaml"))
+    try:
+        names, _ = round_names(params), seeds_of(params)
+    except (TypeError, KeyError, AttributeError):
+        raise RevisionError(f"params.yaml of '{rev}' has no prune.chain, seed or trials: not an experiment of this "
+                            "project") from None
+    for name in names:
         (dst / "runs" / name).mkdir(parents=True, exist_ok=True)
         for f in ("metrics.json", "mask.pt", "live"):
-            fs.get(f"runs/{name}/{f}", str(dst / "runs" / name / f), recursive=f == "live")
+            r.get(f"runs/{name}/{f}", dst / "runs" / name / f, f"did '{rev}' run round {name}?")
     return params
 
 
@@ -134,6 +127,8 @@ def main() -> None:
     ap.add_argument("experiments", nargs="+", metavar="EXP")
     ap.add_argument("-o", "--out", default="metrics-pooled")
     args = ap.parse_args()
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise PoolError(f"-o {args.out!r} is a file, not a folder")
     pool(args.experiments, Path(args.out))
 
 

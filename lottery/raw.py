@@ -150,9 +150,15 @@ def describe_code(name: str, key: str = "model.name") -> dict:
             spec = importlib.util.find_spec(module)
         except (ImportError, ValueError) as e:  # a parent package that does not import
             raise ConfigError(f"{key}: {name!r}: module {module!r} is not found ({type(e).__name__}: {e})") from None
-        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        if spec is None:
             raise ConfigError(f"{key}: {name!r}: module {module!r} is not found (no source file on the Python path; "
                               "run from the folder that holds the package, or install it)")
+        if not spec.origin or not Path(spec.origin).is_file():  # a module of Python itself: os, sys, math
+            what = "network factory (a callable returning a torch.nn.Module)" if key == "model.name" else \
+                "dataset loader (a callable returning x, y, x_test, y_test or a (train, test) pair)"
+            raise ConfigError(f"{key}: {name!r}: module {module!r} exists but is part of Python itself "
+                              f"({spec.origin or 'no file'}), so {name.partition(':')[2]!r} is not a {what} of "
+                              "your own source file")
         origin = Path(spec.origin)
         paths = sorted(origin.parent.glob("*.py")) if "." in module or spec.submodule_search_locations else [origin]
         files = {_shown(p): {"size": p.stat().st_size, "sha256": sha256(p)} for p in paths}

@@ -4,6 +4,10 @@
     net = load_ticket("metrics/ticket.pt")            # trained ticket, a ready nn.Module
     net0 = load_ticket("metrics/ticket.pt", "init")   # the same subnetwork at θ0, to retrain
     logits = net(x)                                   # x: (batch, 1, 28, 28) for LeNet
+
+`summarize` exports the sparsest winning round's ticket; any round of any experiment or revision:
+
+    python -m lottery.ticket <exp-or-rev> --round r5 [--trial 0] [-o ticket.pt]
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 from torch import nn
 
 from . import artifacts, models
-from .config import Config, artifact_params
+from .config import Config, ConfigError, artifact_params
 
 
 class Single(nn.Module):
@@ -39,6 +43,8 @@ def build(runs: Path, round_name: str, trial: int = 0, cfg: Config | None = None
     params = (lambda name: {"params": artifact_params(cfg, name)}) if cfg else (lambda name: {})
     theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights", params("init"))
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
+    if not 0 <= trial < len(seeds):
+        raise ConfigError(f"--trial {trial}: the experiment has trials 0 to {len(seeds) - 1}")
     io = {k: init_meta[k] for k in ("num_classes", "input_shape") if k in init_meta}  # your own network's sizes
     reference = models.build(model, [0] * len(seeds), **io).state_dict()
     artifacts.check_like(runs / "init" / "model.pt", theta0, reference)
@@ -73,3 +79,40 @@ def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
     state = {k.split("/", 1)[1]: v.to_dense()[None] for k, v in tensors.items() if k.startswith(weights + "/")}
     model.load_state_dict(state)
     return Single(model).eval()
+
+
+def main() -> None:
+    import argparse
+    import tempfile
+
+    from .cli import output
+    from .revisions import Revision, check_round
+
+    ap = argparse.ArgumentParser(description="Export one round's ticket of an experiment or git revision as one "
+                                 "file (load_ticket reads it).")
+    ap.add_argument("rev", metavar="EXP", help="a DVC experiment name or git revision")
+    ap.add_argument("--round", required=True, help="the round, e.g. r5 (r0: the dense network)")
+    ap.add_argument("--trial", type=int, default=0)
+    ap.add_argument("-o", "--out", default="ticket.pt")
+    args = ap.parse_args()
+    out = output(args.out, "-o", (".pt",))
+    rev = Revision(args.rev)
+    check_round(args.round, args.rev)
+    with tempfile.TemporaryDirectory(prefix="lottery-ticket-") as tmp:
+        runs = Path(tmp)
+        for name in ("init", args.round):
+            (runs / name).mkdir()
+            for f in ("model.pt", "mask.pt"):
+                data = rev.read(f"runs/init/{f}") if name == "init" else rev.round_file(name, f)
+                (runs / name / f).write_bytes(data)
+        try:
+            export(runs, args.round, out, args.trial)
+        except artifacts.ArtifactError as e:
+            raise artifacts.ArtifactError(f"'{args.rev}': {str(e).replace(tmp, 'runs')}") from None
+    print(f"wrote {out}: round {args.round}, trial {args.trial} of '{args.rev}'")
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    run(main)

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--resume-dir", default=".dvc/tmp/lottery-resume", help="swept of finished rounds' resume points")
     ap.add_argument("--runs", default="runs")
     args = ap.parse_args()
-    cfg = config.load(args.params)
+    cfg = config.load(args.params, complete=True)
     record = raw.describe(cfg.data.dataset, cfg.data.root)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

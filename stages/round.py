@@ -22,6 +22,10 @@ def main() -> None:
                     help="undeclared scratch folder for periodic resume points (deleted on success)")
     args = ap.parse_args()
     cfg = config.load(args.params)
+    names = config.round_names(cfg.prune)
+    if args.round not in names:
+        raise config.ConfigError(f"round {args.round!r} is not a round of this experiment: r0 to {names[-1]} "
+                                 f"(prune.rounds={cfg.prune.rounds})")
     configure_runtime(cfg.train.device, cfg.train.precision)
     rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir),
                      started=STARTED)

@@ -4,15 +4,31 @@ DVC's Hydra composition (`dvc exp run -S prune.rounds=12`) imports this package 
 `plugins_path` (.dvc/config: the repository root, on sys.path while plugins load) and writes
 the resolved chain {r1: r0, r2: r1, ...} (the dense round r0 is its own stage) to params.yaml, because DVC templates have no
 arithmetic to name a round's predecessor. The rule and its checks are `lottery.config.chain`:
-a bad prune.rounds or prune.schedule fails the composition with a message naming the key.
+a bad prune.rounds or prune.schedule fails the composition with a ChainError, our one line naming the key.
 """
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from lottery.config import chain
+from lottery.config import ConfigError, chain
+
+try:
+    from dvc.exceptions import DvcException
+except ImportError:  # composed without DVC (OmegaConf alone)
+    DvcException = Exception
+
+
+class ChainError(DvcException, InterpolationResolutionError, ConfigError):
+    """A bad prune.rounds or prune.schedule, in the words of `lottery.config.chain`. Each layer it crosses takes it
+    as its own: OmegaConf passes an InterpolationResolutionError on as it is (it wraps any other exception in
+    "... raised while resolving interpolation"), DVC prints a DvcException as its one `ERROR: ...` line (any other
+    exception as an "unexpected error"), and our commands print a ConfigError as `error: ...`, exit 2."""
 
 
 def _chain(rounds, schedule="iterative"):
-    return OmegaConf.create(chain(rounds, schedule))
+    try:
+        return OmegaConf.create(chain(rounds, schedule))
+    except ConfigError as e:
+        raise ChainError(str(e)) from None
 
 
 if not OmegaConf.has_resolver("chain"):
