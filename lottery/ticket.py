@@ -3,7 +3,11 @@
     from lottery.ticket import load_ticket
     net = load_ticket("metrics/ticket.pt")            # trained ticket, a ready nn.Module
     net0 = load_ticket("metrics/ticket.pt", "init")   # the same subnetwork at θ0, to retrain
-    logits = net(x)                                   # x: (batch, 1, 28, 28) for LeNet
+    logits = net(x)                                   # x: raw inputs, (batch, 1, 28, 28) pixels 0..255 for LeNet
+
+The file records the input normalisation the network was trained with (the training split's mean and std,
+from data/prepared.pt); the loaded module applies it first (`net.mean`, `net.std`; `net.net` takes
+normalised inputs).
 """
 from __future__ import annotations
 
@@ -16,18 +20,22 @@ from . import artifacts, models
 
 
 class Single(nn.Module):
-    """One network of a stack as an ordinary module: (B, ...) -> (B, classes)."""
+    """One network of a stack as an ordinary module: raw inputs (B, ...) -> (B, classes), normalised first as in
+    training ((x - mean) / std, the training split's statistics recorded in the ticket)."""
 
-    def __init__(self, stacked: nn.Module):
+    def __init__(self, stacked: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.net = stacked
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x[None])[0]
+        return self.net(((x.float() - self.mean) / self.std)[None])[0]
 
 
-def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
-    """Trial `trial` of round `round_name` as one file; the round's mask and model must say they are that round's."""
+def export(runs: Path, round_name: str, path: Path, prepared: Path, trial: int = 0) -> None:
+    """Trial `trial` of round `round_name` as one file, with the input normalisation of `prepared` (mean, std);
+    the round's mask and model must say they are that round's."""
     runs = Path(runs)
     theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights")
     model, seeds = init_meta.get("model"), init_meta.get("seeds")
@@ -50,6 +58,8 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
             tensors[f"mask/{key}"] = m
             w0, w = (w0 * m).to_sparse(), (w * m).to_sparse()
         tensors[f"init/{key}"], tensors[f"trained/{key}"] = w0, w
+    data, _ = artifacts.load(Path(prepared), "prepared")
+    tensors["input/mean"], tensors["input/std"] = data["mean"], data["std"]
     kept = sum(int(m[trial].sum()) for m in mask.values())
     total = sum(m[trial].numel() for m in mask.values())
     artifacts.save(Path(path), tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
@@ -57,11 +67,15 @@ def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
 
 
 def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
-    """The exported ticket as a ready module with `weights` = "trained" or "init" (θ0), pruned weights zero."""
+    """The exported ticket as a ready module with `weights` = "trained" or "init" (θ0), pruned weights zero; it takes
+    raw inputs and applies the recorded normalisation (`.mean`, `.std`)."""
     if weights not in ("trained", "init"):
         raise ValueError(f"weights: {weights!r} is not allowed (trained or init)")
     tensors, meta = artifacts.load(Path(path), "ticket")
+    if "input/mean" not in tensors:
+        raise artifacts.ArtifactError(f"{path}: no input normalisation recorded (an older export); "
+                                      "rerun `dvc repro -f summarize`")
     model = models.build(meta["model"], [0], **{k: meta[k] for k in ("num_classes", "input_shape") if k in meta})
     state = {k.split("/", 1)[1]: v.to_dense()[None] for k, v in tensors.items() if k.startswith(weights + "/")}
     model.load_state_dict(state)
-    return Single(model).eval()
+    return Single(model, tensors["input/mean"], tensors["input/std"]).eval()
