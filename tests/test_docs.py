@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, TINY, Repo, env_for, make_repo
+from conftest import ROOT, TINY, Repo, env_for, make_repo, ran
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARK = re.compile(r"^# tested: (\S+)::(\w+)$", re.M)
@@ -50,6 +50,17 @@ def test_every_command_block_is_run_or_names_an_existing_test():
     assert len(unmarked) >= 2  # the README blocks test_readme_in_a_fresh_clone runs
 
 
+def test_every_relative_link_of_the_docs_leads_to_a_file_and_heading():
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#:\s]*)(?:#([^)\s]*))?\)", path.read_text()):
+            file = (path.parent / target[0]).resolve() if target[0] else path
+            assert file.exists(), f"{path.name}: link to {target[0]} leads nowhere"
+            if target[1] and file.suffix == ".md":
+                anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                           for h in re.findall(r"^#+ (.*)$", file.read_text(), re.M)}
+                assert target[1] in anchors, f"{path.name}: no heading #{target[1]} in {file.name}"
+
+
 def _table(out: str) -> list[list[str]]:
     lines = out.strip("\n").splitlines()
     assert lines and max(map(len, lines)) <= WIDTH and "…" not in out, out
@@ -86,7 +97,11 @@ def test_readme_in_a_fresh_clone(tmp_path):
     second = out["dvc exp run -n rate30 -S prune.rate=0.3 -S train.iterations=1000 -S prune.rounds=3"][0]
     # the first run of a fresh clone warns once per output (nothing to restore), the next one does not
     assert "WARNING: No file hash info found for" in first.stderr and "It won't be created." in first.stderr
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    outs = sum(len(stage.get("outs", [])) for stage in lock["stages"].values())
+    assert first.stderr.count("No file hash info found") == outs, first.stderr
     assert "No file hash info found" not in second.stderr, second.stderr
+    assert ran(second.stdout) == ["round@r1", "round@r2", "round@r3", "summarize"]  # quick's data, θ0, dense reused
     # progress at least every 10% of a round (100 iterations: every 10), then one line per variant
     progress = re.findall(r"^\[r3\] it +(\d+)/100 ", first.stdout, re.M)
     assert progress == [str(i) for i in range(10, 101, 10)], first.stdout
@@ -106,7 +121,8 @@ def test_readme_in_a_fresh_clone(tmp_path):
     diff = out["dvc metrics diff quick rate30"][0].stdout
     assert "metrics/summary.json" in diff and "ticket.win" in diff, diff
     assert "quick" in (repo.path / "plots" / "index.html").read_text()
-    assert "plots/" not in repo.run("git", "status", "--porcelain").stdout  # git-ignored
+    assert "plots/" not in repo.run("git", "status", "--porcelain").stdout  # git-ignored, as lottery.pool's output
+    repo.run("git", "check-ignore", "-q", "plots/index.html", "metrics-pooled/summary.json")
     compare = out["python -m lottery.compare quick rate30 --round r2"][0].stdout
     assert "layers.0.weight" in compare and "trial 0:" in compare, compare
     all_commits = out["python -m lottery.show -A"][0].stdout
@@ -122,3 +138,5 @@ def test_after_make_repro_in_a_fresh_clone_the_view_fits(template, tmp_path):
     repo.run("git", "reset", "-q", "HEAD~1")
     assert repo.run("git", "ls-files", "dvc.lock").stdout == "" and (repo.path / "dvc.lock").is_file()
     _view_fits(repo.run(sys.executable, "-m", "lottery.show").stdout, ["workspace", "main"])
+    repo.env["COLUMNS"] = "100000"  # plain `dvc exp show`, nothing folded: why the README has lottery.show
+    assert max(map(len, repo.dvc("exp", "show", "--no-pager").stdout.splitlines())) > 1000
