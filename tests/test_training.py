@@ -341,6 +341,19 @@ def test_progress_lines_every_log_every_and_at_least_every_tenth_of_the_round(it
     assert [int(line.split()[2].split("/")[0]) for line in lines] == at
 
 
+def test_progress_lines_at_least_every_progress_seconds(monkeypatch):
+    """The time rule: with PROGRESS_SECONDS at 0 every iteration is overdue, so every one prints (log_every=0: none)."""
+    from lottery import training
+
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    for log_every, want in ((500, list(range(1, 13))), (0, [])):
+        lines = []
+        model = models.build(MODEL, [0])
+        train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=12, eval_every=4,
+              log_every=log_every), order_seeds=[0], label="rX", log=lines.append)
+        assert [int(line.split()[2].split("/")[0]) for line in lines] == want
+
+
 # ---------------------------------------------------------------- CUDA (run where a GPU is present)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
