@@ -4,7 +4,7 @@
     python -m lottery.show -A              # also experiments made on earlier commits
     python -m lottery.show --keep '.*gain$'   # any `dvc exp show` option is passed on (--md, --csv: DVC's own table)
 
-Plain `dvc exp show` lists every param, metric and dependency: about 3,000 characters a row here. DVC 3.67
+Plain `dvc exp show` lists every param, metric and dependency: over 1,000 characters a row here. DVC 3.67
 has no setting that hides columns (`.dvc/config` has no `exp show` options; the command takes `--drop`,
 `--keep`, `--only-changed` and `--param-deps`), and `--drop`/`--keep` match with `re.match`, anchored at the
 start of the column name. DVC's own table also pads every column and folds what does not fit the terminal
@@ -53,7 +53,9 @@ def table(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if any(a in OWN_FORMAT for a in args):
+    if "-h" in args or "--help" in args:
+        print(__doc__.strip() + "\n\nThe options of `dvc exp show` follow.\n", flush=True)
+    if any(a in OWN_FORMAT + ("-h", "--help") for a in args):
         return subprocess.run(command(args)).returncode
     p = subprocess.run(command(args + ["--csv"]), capture_output=True, text=True)
     sys.stderr.write(p.stderr)
