@@ -122,7 +122,8 @@ def test_readme_in_a_fresh_clone(tmp_path):
     assert "metrics/summary.json" in diff and "ticket.win" in diff, diff
     assert "quick" in (repo.path / "plots" / "index.html").read_text()
     assert "plots/" not in repo.run("git", "status", "--porcelain").stdout  # git-ignored, as lottery.pool's output
-    repo.run("git", "check-ignore", "-q", "plots/index.html", "metrics-pooled/summary.json")
+    ignored = repo.run("git", "check-ignore", "plots/index.html", "metrics-pooled/summary.json").stdout.split()
+    assert ignored == ["plots/index.html", "metrics-pooled/summary.json"]
     compare = out["python -m lottery.compare quick rate30 --round r2"][0].stdout
     assert "layers.0.weight" in compare and "trial 0:" in compare, compare
     all_commits = out["python -m lottery.show -A"][0].stdout
