@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Pruning at initialization" figure: IMP vs SNIP vs GraSP vs SynFlow vs random pruning at init,
+# The "Pruning at initialization" figure (docs/pruning-at-init.md, benchmarks/results/pai-cpu/): IMP vs SNIP vs GraSP vs SynFlow vs random pruning at init,
 # each with its controls (reinit, random = shuffle, invert), as DVC experiments of a fresh copy of this
 # project, overlaid by `python -m lottery.compare --plot`.
 #

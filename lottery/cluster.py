@@ -1,6 +1,6 @@
 """Run a sweep of DVC experiments on a Ray cluster, one experiment per Ray task.
 
-    python -m lottery.cluster -S prune.rate=0.1,0.2,0.3 -S seed=0,100 [--address ray://head:10001]
+    python -m lottery.cluster -S prune.rate=0.1,0.2,0.3 -S seed=0,100 [--address <head>:6379]
 
 Every combination of the `-S` overrides (Hydra's sweep syntax, expanded by DVC's own code) is
 validated on the driver, then runs as one task on the cluster, in its own clone of the driver's

@@ -119,7 +119,8 @@ class TrainConfig:
     warmup: int = _help("linear learning-rate warm-up over the first N iterations (0 = none)", 0)
     lr_drops: list[int] = _help("iterations at which the learning rate is multiplied by lr_gamma", [])
     lr_gamma: float = _help("factor of each learning-rate drop", 0.1)
-    log_every: int = _help("print a progress line every N iterations (0 = only at the end)", 500)
+    log_every: int = _help("print a progress line every N iterations, and at least every 10% of the round "
+                                "and every 30 s (0 = none)", 500)
     checkpoint_seconds: float = _help("save a resume point every N seconds of a round (crash-safe; not a result param)", 120.0)
 
 

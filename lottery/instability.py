@@ -279,7 +279,7 @@ def study_figure(rows: list[dict], path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m lottery.instability EXP... [--round rK] [--out FILE]: the rewind-point study (README)."""
+    """python -m lottery.instability EXP... [--round rK] [--out FILE]: the rewind-point study (docs/instability.md)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Instability vs the rewind iteration k across experiments "

@@ -33,7 +33,7 @@ def one_thread():
     For many small CPU ops, such as pruning-at-init scoring (SynFlow: 100 batch-1 forward/backward
     passes and selections over LeNet's 266K weights per network): on a CPU shared with other
     processes, each op's threads wait for a descheduled sibling, and one thread is several times
-    faster, with identical results (measured: README, "Pruning at initialization").
+    faster, with identical results (measured: benchmarks/results/pai-cpu/README.md).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -3,7 +3,11 @@
     from lottery.ticket import load_ticket
     net = load_ticket("metrics/ticket.pt")            # trained ticket, a ready nn.Module
     net0 = load_ticket("metrics/ticket.pt", "init")   # the same subnetwork at θ0, to retrain
-    logits = net(x)                                   # x: (batch, 1, 28, 28) for LeNet
+    logits = net(x)                                   # x: raw inputs, (batch, 1, 28, 28) pixels 0..255 for LeNet
+
+The file records the input normalisation the network was trained with (the training split's mean and std,
+from data/prepared.pt); the loaded module applies it first (`net.mean`, `net.std`; `net.net` takes
+normalised inputs).
 
 `summarize` exports the sparsest winning round's ticket; any round of any experiment or revision:
 
@@ -18,27 +22,33 @@ from torch import nn
 
 from . import artifacts, models
 from .config import Config, ConfigError, artifact_params
+from .data import prepared_params
 
 
 class Single(nn.Module):
-    """One network of a stack as an ordinary module: (B, ...) -> (B, classes)."""
+    """One network of a stack as an ordinary module: raw inputs (B, ...) -> (B, classes), normalised first as in
+    training ((x - mean) / std, the training split's statistics recorded in the ticket)."""
 
-    def __init__(self, stacked: nn.Module):
+    def __init__(self, stacked: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.net = stacked
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x[None])[0]
+        return self.net(((x.float() - self.mean) / self.std)[None])[0]
 
 
-def export(runs: Path, round_name: str, path: Path, trial: int = 0) -> None:
-    """Trial `trial` of round `round_name` as one file; the round's mask and model must say they are that round's."""
-    artifacts.save(Path(path), *build(runs, round_name, trial))
+def export(runs: Path, round_name: str, path: Path, prepared: Path, trial: int = 0) -> None:
+    """Trial `trial` of round `round_name` as one file, with the input normalisation of `prepared` (mean, std);
+    the round's mask and model must say they are that round's."""
+    artifacts.save(Path(path), *build(runs, round_name, prepared, trial))
 
 
-def build(runs: Path, round_name: str, trial: int = 0, cfg: Config | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def build(runs: Path, round_name: str, prepared: Path, trial: int = 0,
+          cfg: Config | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and metadata of `export`, loaded and checked (nothing written); with `cfg`, the artifacts
-    must have been written with its params."""
+    (and `prepared`) must have been written with its params."""
     runs = Path(runs)
     params = (lambda name: {"params": artifact_params(cfg, name)}) if cfg else (lambda name: {})
     theta0, init_meta = artifacts.load(runs / "init" / "model.pt", "weights", params("init"))
@@ -64,6 +74,8 @@ def build(runs: Path, round_name: str, trial: int = 0, cfg: Config | None = None
             tensors[f"mask/{key}"] = m
             w0, w = (w0 * m).to_sparse(), (w * m).to_sparse()
         tensors[f"init/{key}"], tensors[f"trained/{key}"] = w0, w
+    data, _ = artifacts.load(Path(prepared), "prepared", {"params": prepared_params(cfg)} if cfg else None)
+    tensors["input/mean"], tensors["input/std"] = data["mean"], data["std"]
     kept = sum(int(m[trial].sum()) for m in mask.values())
     total = sum(m[trial].numel() for m in mask.values())
     return tensors, {"kind": "ticket", "model": meta["model"], "round": round_name, "trial": trial,
@@ -71,14 +83,18 @@ def build(runs: Path, round_name: str, trial: int = 0, cfg: Config | None = None
 
 
 def load_ticket(path: str | Path, weights: str = "trained") -> nn.Module:
-    """The exported ticket as a ready module with `weights` = "trained" or "init" (θ0), pruned weights zero."""
+    """The exported ticket as a ready module with `weights` = "trained" or "init" (θ0), pruned weights zero; it takes
+    raw inputs and applies the recorded normalisation (`.mean`, `.std`)."""
     if weights not in ("trained", "init"):
         raise ValueError(f"weights: {weights!r} is not allowed (trained or init)")
     tensors, meta = artifacts.load(Path(path), "ticket")
+    if "input/mean" not in tensors:
+        raise artifacts.ArtifactError(f"{path}: no input normalisation recorded (an older export); "
+                                      "rerun `dvc repro -f summarize`")
     model = models.build(meta["model"], [0], **{k: meta[k] for k in ("num_classes", "input_shape") if k in meta})
     state = {k.split("/", 1)[1]: v.to_dense()[None] for k, v in tensors.items() if k.startswith(weights + "/")}
     model.load_state_dict(state)
-    return Single(model).eval()
+    return Single(model, tensors["input/mean"], tensors["input/std"]).eval()
 
 
 def main() -> None:
@@ -105,8 +121,9 @@ def main() -> None:
             for f in ("model.pt", "mask.pt"):
                 data = rev.read(f"runs/init/{f}") if name == "init" else rev.round_file(name, f)
                 (runs / name / f).write_bytes(data)
+        (runs / "prepared.pt").write_bytes(rev.read("data/prepared.pt"))
         try:
-            export(runs, args.round, out, args.trial)
+            export(runs, args.round, out, runs / "prepared.pt", args.trial)
         except artifacts.ArtifactError as e:
             raise artifacts.ArtifactError(f"'{args.rev}': {str(e).replace(tmp, 'runs')}") from None
     print(f"wrote {out}: round {args.round}, trial {args.trial} of '{args.rev}'")

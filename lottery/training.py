@@ -23,6 +23,8 @@ from .config import ConfigError, LotteryError, TrainConfig
 from .masks import Mask
 from .step import Step, set_lr
 
+PROGRESS_SECONDS = 30.0  # the longest silence between two progress lines of a round (train.log_every > 0)
+
 
 class NumericalError(LotteryError, RuntimeError):
     """The loss or a weight became NaN or infinite."""
@@ -217,6 +219,8 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
     digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
     scratch = resume.point(resume_dir, label, digest) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
+    # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
+    every, last_line = min(cfg.log_every, -(-cfg.iterations // 10)), time.monotonic()
     for _ in range(start):  # replay the data orders (and augmentation draws) of iterations 1..k
         orders.skip()
     scheduled = constant_lr is None and (cfg.warmup > 0 or len(cfg.lr_drops) > 0)
@@ -239,7 +243,7 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
             if scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
                 _save_resume(scratch, it, state, step.opt, orders, stop)
                 last_save = time.monotonic()
-        if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
+        if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             _check_finite(model, step.running, it, label)
             rate = (it - start) / (time.perf_counter() - t0)
             last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]
@@ -247,7 +251,7 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
                 f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s"
                 f" ({rate * len(order_seeds):.0f} net-it/s)  ETA {(cfg.iterations - it) / rate:5.0f}s")
             step.running.zero_()
-            since = 0
+            since, last_line = 0, time.monotonic()
 
     final_loss, final_acc = evaluate(model, data["x_test"], data["y_test"], precision=cfg.precision)
     with torch.no_grad():

@@ -16,6 +16,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default="metrics")
+    ap.add_argument("--prepared", default="data/prepared.pt", help="the input normalisation the ticket records")
     args = ap.parse_args()
     cfg = config.load(args.params)
     study = summary.collect(Path(args.runs), config.round_names(cfg.prune), cfg)
@@ -23,7 +24,7 @@ def main() -> None:
     result, files = summary.outputs(study, cfg.summary.tolerance, settings)
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
     best = summary.winning_round(study.df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
-    exported = ticket.build(Path(args.runs), best, cfg=cfg)
+    exported = ticket.build(Path(args.runs), best, Path(args.prepared), cfg=cfg)
     summary.write(files, Path(args.out))
     artifacts.save(Path(args.out) / "ticket.pt", *exported)
     print(summary.format_table(study.df))

@@ -250,7 +250,7 @@ def test_ticket_export_refuses_a_mask_moved_from_another_round(runs, tmp_path):
     fake_round(runs, "r2", seed=2)
     (runs / "r1" / "mask.pt").replace(runs / "r2" / "mask.pt")
     with pytest.raises(ArtifactError) as e:
-        ticket.export(runs, "r2", tmp_path / "ticket.pt")
+        ticket.export(runs, "r2", tmp_path / "ticket.pt", tmp_path / "unread.pt")
     assert str(e.value) == f"{runs / 'r2' / 'mask.pt'}: metadata round='r1' does not match this run's 'r2'"
     assert not (tmp_path / "ticket.pt").exists()
 
@@ -261,17 +261,36 @@ def test_ticket_export_refuses_another_experiments_round(runs, tmp_path):
     weights, meta = artifacts.load(path, "weights")
     artifacts.save(path, weights, {**meta, "seeds": [0, 1]})
     with pytest.raises(ArtifactError, match=r"model.pt: metadata seeds=\[0, 1\] does not match this run's \[10, 11\]"):
-        ticket.export(runs, "r1", tmp_path / "ticket.pt")
+        ticket.export(runs, "r1", tmp_path / "ticket.pt", tmp_path / "unread.pt")
 
 
-def test_exported_ticket_has_digests(runs, tmp_path):
+def test_exported_ticket_has_digests(runs, tmp_path, template):
     fake_round(runs, "r1")
     path = tmp_path / "ticket.pt"
-    ticket.export(runs, "r1", path)
+    ticket.export(runs, "r1", path, template.path / "data" / "prepared.pt")
     tensors, _ = artifacts.load(path, "ticket")
-    assert set(raw_meta(path)["digests"]) == set(tensors) and len(tensors) == 3 * 3 + 3 * 2  # masks; θ0, trained
+    assert set(raw_meta(path)["digests"]) == set(tensors) and len(tensors) == 3 * 3 + 3 * 2 + 2  # masks; θ0, trained; mean, std
     assert ticket.load_ticket(path)(torch.randn(3, 40)).shape == (3, 10)
     zero_2kb_inside_largest_tensor(path, size=100 * 100)  # the bool mask of layers.1 (trial 0)
     with pytest.raises(ArtifactError) as e:
         ticket.load_ticket(path)
     assert str(e.value) == digest_error(path, "mask/layers.1.weight")
+
+
+def test_exported_ticket_takes_raw_inputs_normalised_as_in_training(template, tmp_path):
+    """The ticket records data/prepared.pt's mean and std and applies them: on the raw test set it scores exactly
+    the final test accuracy its round recorded (issue 24)."""
+    raw, _ = artifacts.load(template.path / "data" / "prepared.pt", "prepared")
+    path = template.path / "metrics" / "ticket.pt"
+    net = ticket.load_ticket(path)
+    assert torch.equal(net.mean, raw["mean"]) and torch.equal(net.std, raw["std"])
+    _, meta = artifacts.load(path, "ticket")
+    recorded = json.loads((template.path / "runs" / meta["round"] / "metrics.json").read_text())["networks"]
+    want = next(n["final_test_accuracy"] for n in recorded if n["variant"] == "ticket" and n["trial"] == 0)
+    with torch.no_grad():
+        correct = (net(raw["x_test"]).argmax(1) == raw["y_test"]).double().mean().item()
+    assert round(100 * correct, 4) == want
+    tensors, meta = artifacts.load(path, "ticket")  # an export from before the normalisation was recorded
+    artifacts.save(tmp_path / "old.pt", {k: v for k, v in tensors.items() if not k.startswith("input/")}, meta)
+    with pytest.raises(ArtifactError, match="old.pt: no input normalisation recorded"):
+        ticket.load_ticket(tmp_path / "old.pt")

@@ -85,10 +85,10 @@ def test_init_and_rounds_train_your_network_and_export_its_ticket(tmp_path, prep
     trained, _ = artifacts.load(runs / "r1" / "model.pt", "weights")
     assert (trained["0.weight"][~mask["0.weight"]] == 0).all()
     assert not torch.equal(trained["1.running_mean"], theta0["1.running_mean"])  # BatchNorm trained
-    ticket.export(runs, "r1", tmp_path / "ticket.pt")
+    ticket.export(runs, "r1", tmp_path / "ticket.pt", prepared)
     net = ticket.load_ticket(tmp_path / "ticket.pt")
-    x = data.load_prepared(prepared)["x_test"]
-    assert net(x).shape == (20, 10)
+    x, _ = artifacts.load(prepared, "prepared")
+    assert net(x["x_test"]).shape == (20, 10)  # raw uint8 images: the ticket normalises them
 
 
 def test_prune_layers_ignore_and_layer_rates_choose_what_a_round_prunes(tmp_path, prepared):

@@ -163,7 +163,7 @@ def test_figures_report_and_ticket_of_a_real_run(template):
     from lottery import models
     ref = models.build("mlp-mnist1d", [0])
     ref.load_state_dict({k: v[:1] for k, v in trained.items()})
-    assert torch.equal(net(x), ref(x[None])[0])
+    assert torch.equal(net(x), ref(((x - net.mean) / net.std)[None])[0])  # raw inputs, normalised as in training
     init = load_ticket(m / "ticket.pt", "init")
     theta0, _ = artifacts.load(template.path / "runs" / "init" / "model.pt", "weights")
     assert torch.equal(init.net.layers[0].weight[0] != 0, ticket["mask/layers.0.weight"])

@@ -328,13 +328,30 @@ def test_exploding_learning_rate_raises_numerical_error():
               order_seeds=[0], log=silent)
 
 
-def test_log_every_prints_progress_lines():
+@pytest.mark.parametrize("iterations, log_every, at", [(100, 20, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]),
+                                                      (200, 10, list(range(10, 201, 10))),
+                                                      (25, 500, [3, 6, 9, 12, 15, 18, 21, 24, 25])])
+def test_progress_lines_every_log_every_and_at_least_every_tenth_of_the_round(iterations, log_every, at):
+    """A round shorter than train.log_every still reports progress (issue 24: 133 s of silence before)."""
     lines = []
     model = models.build(MODEL, [0])
-    train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=30, eval_every=10,
-          log_every=10), order_seeds=[0], label="rX", log=lines.append)
-    assert len(lines) == 3
+    train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=iterations, eval_every=5,
+          log_every=log_every), order_seeds=[0], label="rX", log=lines.append)
     assert all(line.startswith("[rX] it ") for line in lines)
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == at
+
+
+def test_progress_lines_at_least_every_progress_seconds(monkeypatch):
+    """The time rule: with PROGRESS_SECONDS at 0 every iteration is overdue, so every one prints (log_every=0: none)."""
+    from lottery import training
+
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    for log_every, want in ((500, list(range(1, 13))), (0, [])):
+        lines = []
+        model = models.build(MODEL, [0])
+        train(model, masks.ones(model, models.prunable(model)), synthetic_data(), cfg(iterations=12, eval_every=4,
+              log_every=log_every), order_seeds=[0], label="rX", log=lines.append)
+        assert [int(line.split()[2].split("/")[0]) for line in lines] == want
 
 
 # ---------------------------------------------------------------- CUDA (run where a GPU is present)
