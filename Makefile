@@ -31,16 +31,17 @@ params: $(VENV)/.installed
 
 repro: setup
 	test -d .git || git init -q
+	$(PY) -m lottery.params --check
 	dvc repro
 
 test: setup
 	$(PY) -m pytest -q -n 2
 
+# every benchmark runs even when one fails; make bench then exits non-zero naming the failed ones
 bench: setup
-	$(PY) benchmarks/train_step.py
-	$(PY) benchmarks/presets.py
-	$(PY) benchmarks/generic.py
-	$(PY) benchmarks/instability.py
+	@failed=""; for b in train_step presets generic instability; do \
+	  $(PY) benchmarks/$$b.py || failed="$$failed $$b"; \
+	done; if [ -n "$$failed" ]; then echo "make bench: failed:$$failed" >&2; exit 1; fi
 
 # Ray clusters on this machine (1 vs 2 worker nodes, and one experiment against a local run): minutes
 bench-cluster: setup

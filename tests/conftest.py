@@ -122,6 +122,18 @@ def kill_at_resume_point(repo: Repo, *dvc_args: str, after: str = "runs/r0/metri
     proc.wait()
 
 
+def retag(path: Path, **meta) -> None:
+    """Rewrite an artifact's metadata, its tensors and their digests untouched (what a tamperer who knows the format
+    does, or a test that reads one experiment's artifacts as another's)."""
+    import torch
+
+    from lottery import artifacts
+
+    obj = torch.load(path, weights_only=True)
+    obj["meta"].update(meta)
+    artifacts.atomic_save(obj, path)
+
+
 def add_remotes(repo: Repo, folder: Path) -> None:
     """A bare git remote `origin` (folder/origin.git) and a default folder DVC remote (folder/dvc-remote),
     committed and pushed: what `lottery.cluster` needs."""

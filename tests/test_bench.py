@@ -1,4 +1,6 @@
-"""The benchmark runs in quick mode and prints its table (it never asserts a speed)."""
+"""The benchmark runs in quick mode and prints its table (it never asserts a speed); a failing case is reported
+and the others still print."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,15 +8,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_train_step_benchmark_prints_its_table():
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_step.py"), "--quick"],
-                       capture_output=True, text=True, check=True, cwd=ROOT)
+def test_train_step_benchmark_prints_its_table_and_reports_a_failed_case():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_step.py"), "--quick"], capture_output=True,
+                       text=True, cwd=ROOT, env={**os.environ, "LOTTERY_BENCH_FAIL": "ours-2"})
     out = p.stdout
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == (
+        "1 case(s) failed: ours-2: case ours-2 failed on purpose (LOTTERY_BENCH_FAIL)"), p.stderr
+    assert "case ours-2 failed (exit 1): case ours-2 failed on purpose (LOTTERY_BENCH_FAIL)" in p.stderr
     assert "matmul ceiling" in out and "GFLOP/s" in out
     names = ["plain", "ours-1", "ours-2", "ours-6", "ours-10", "ours-10-bf16"]
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in [[n] for n in names]]
     assert [r[0] for r in rows] == names
-    for r in rows:
+    assert rows[2][1:] == ["failed:", "case", "ours-2", "failed", "on", "purpose", "(LOTTERY_BENCH_FAIL)"]
+    for r in rows[:2] + rows[3:]:
         assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
     assert rows[0][4] == "1.00x"  # the plain loop is the baseline
     assert "paper's full LeNet figure" in out and "of validation" in out and "stage start-up" in out

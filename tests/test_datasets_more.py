@@ -23,7 +23,7 @@ def cifar100_file(n: int, offset: int) -> bytes:
     x = np.random.default_rng(offset).integers(0, 256, size=(n, 3072), dtype=np.uint8)
     x[:, 0] = offset + np.arange(n)
     d = {b"filenames": [f"{i}.png".encode() for i in range(n)], b"batch_label": b"training batch 1 of 1",
-         b"fine_labels": [int((offset + i) * 7 % 100) for i in range(n)],
+         b"fine_labels": [int((offset + i % 6) * 7 % 100) for i in range(n)],  # 6 labels: each in train and test
          b"coarse_labels": [int(i % 20) for i in range(n)], b"data": x}
     return pickle.dumps(d, protocol=2)
 

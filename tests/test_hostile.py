@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SCRATCH, TINY, Repo, _merge, env_for, kill_at_resume_point, ran
+from conftest import SCRATCH, TINY, Repo, _merge, env_for, kill_at_resume_point, ran, retag
 from lottery import artifacts, config, resume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +27,6 @@ def one_error_line(p: subprocess.CompletedProcess) -> str:
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in p.stderr, p.stderr
     return lines[0]
-
-
-def retag(path: Path, **meta) -> None:
-    """Rewrite an artifact's metadata, its tensors and their digests untouched: what a tamperer who knows the
-    format does (the tensor digests still match)."""
-    obj = torch.load(path, weights_only=True)
-    obj["meta"].update(meta)
-    artifacts.atomic_save(obj, path)
 
 
 def test_a_params_digest_tampered_in_an_artifact_stops_the_round_that_reads_it(repo):
@@ -133,3 +125,10 @@ def test_summarize_and_the_ticket_export_check_the_params_digest_too(repo):
     line = one_error_line(repo.run(sys.executable, "-m", "stages.summarize", check=False))
     assert line.startswith("error: runs/init/model.pt: written with other values of stage 'init's params"), line
     assert before == {p: p.read_bytes() for p in (repo.path / "metrics").iterdir()}  # nothing written
+
+
+def test_the_documented_limits_are_the_enforced_ones():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    rows = re.findall(r"^  \| `([\w.]+)` \| ([\d,]+) \| ([\d,]+) \|$", text, flags=re.M)
+    documented = {k: (int(lo.replace(",", "")), int(hi.replace(",", ""))) for k, lo, hi in rows}
+    assert documented == {**config.LIMITS, "prune.rounds": (0, config.MAX_ROUNDS)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ran
+from conftest import ran, retag
 
 from lottery import artifacts, config, masks, rounds
 
@@ -34,12 +34,20 @@ def fake_data(n: int = 200) -> dict[str, torch.Tensor]:
     return {"x_train": torch.randn(n, 40, generator=gen), "y_train": torch.randint(0, 10, (n,), generator=gen)}
 
 
-def write_round(runs: Path, name: str, weights: dict[str, torch.Tensor], mask: masks.Mask) -> None:
-    """A round's ticket as training would write it (weights masked), metadata round=name."""
+def write_round(runs: Path, name: str, weights: dict[str, torch.Tensor], mask: masks.Mask, cfg: config.Config) -> None:
+    """A round's ticket as training with `cfg` would write it (weights masked), metadata round=name."""
     _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
     masked = {k: v * mask[k] if k in mask else v for k, v in weights.items()}
-    artifacts.save(runs / name / "model.pt", masked, {**meta, "round": name})
-    artifacts.save(runs / name / "mask.pt", mask, {**meta, "kind": "mask", "round": name})
+    meta = {**meta, "round": name, "params": config.artifact_params(cfg, name)}
+    artifacts.save(runs / name / "model.pt", masked, meta)
+    artifacts.save(runs / name / "mask.pt", mask, {**meta, "kind": "mask"})
+
+
+def read_as(runs: Path, cfg: config.Config) -> None:
+    """The IMP experiment's artifacts, tagged as if `cfg` (another experiment) had written them: the test reads one
+    experiment's rounds with another's params, which the pipeline refuses (each artifact records its params)."""
+    for f in sorted(runs.glob("*/*.pt")):
+        retag(f, params=config.artifact_params(cfg, f.parent.name))
 
 
 def imp_rounds(tmp_path: Path, strategy: str, k: int) -> tuple[Path, list[masks.Mask]]:
@@ -50,13 +58,13 @@ def imp_rounds(tmp_path: Path, strategy: str, k: int) -> tuple[Path, list[masks.
     theta0, _ = artifacts.load(runs / "init" / "model.pt", "weights")
     mask, _ = artifacts.load(runs / "init" / "mask.pt", "mask")
     gen = torch.Generator().manual_seed(5)
-    write_round(runs, "r0", {k_: v * torch.rand(v.shape, generator=gen) * 3 for k_, v in theta0.items()}, mask)
+    write_round(runs, "r0", {k_: v * torch.rand(v.shape, generator=gen) * 3 for k_, v in theta0.items()}, mask, cfg)
     tickets = []
     for j in range(1, k + 1):
         stack = rounds.build_stack(cfg, f"r{j}", f"r{j - 1}", runs)
         tickets.append(stack.ticket_mask)
         write_round(runs, f"r{j}", {k_: v * torch.rand(v.shape, generator=gen) * 3 for k_, v in theta0.items()},
-                    stack.ticket_mask)
+                    stack.ticket_mask, cfg)
     return runs, tickets
 
 
@@ -67,6 +75,7 @@ def test_pai_round_k_keeps_imp_round_k_counts_and_ignores_the_previous_weights(t
     controls = ("reinit", "random") + (() if criterion == "random" else ("invert",))
     cfg = make_cfg(criterion=criterion, strategy=strategy, controls=controls, synflow_iterations=10)
     logged = []
+    read_as(runs, cfg)
     stack = rounds.build_stack(cfg, "r3", "r2", runs, fake_data(), logged.append)
     want, got = masks.kept(imp[2]), masks.kept(stack.ticket_mask)
     groups = [list(want)] if strategy == "global" else [[k] for k in want]
@@ -80,7 +89,7 @@ def test_pai_round_k_keeps_imp_round_k_counts_and_ignores_the_previous_weights(t
 
     # Only the rewind point matters: other weights in the previous round give the same ticket.
     prev, _ = artifacts.load(runs / "r2" / "model.pt", "weights")
-    write_round(runs, "r2", {k: -2 * v for k, v in prev.items()}, imp[1])
+    write_round(runs, "r2", {k: -2 * v for k, v in prev.items()}, imp[1], cfg)
     again = rounds.build_stack(cfg, "r3", "r2", runs, fake_data(), logged.append)
     assert all(torch.equal(again.ticket_mask[k], stack.ticket_mask[k]) for k in want)
     assert all(torch.equal(again.mask[k], stack.mask[k]) for k in want)
@@ -88,6 +97,7 @@ def test_pai_round_k_keeps_imp_round_k_counts_and_ignores_the_previous_weights(t
 
 def test_pai_magnitude_keeps_the_largest_initial_weights_and_invert_the_smallest(tmp_path):
     runs, _ = imp_rounds(tmp_path, "layerwise", 1)
+    read_as(runs, make_cfg())
     stack = rounds.build_stack(make_cfg(), "r2", "r1", runs, fake_data(), lambda s: None)
     assert stack.variants == ["ticket", "reinit", "random", "invert"]
     theta0, _ = artifacts.load(runs / "init" / "model.pt", "weights")
@@ -107,6 +117,7 @@ def test_pai_magnitude_keeps_the_largest_initial_weights_and_invert_the_smallest
 def test_invert_control_of_an_imp_ticket_keeps_the_lowest_trained_weights(tmp_path):
     runs, imp = imp_rounds(tmp_path, "layerwise", 1)
     cfg = make_cfg("trained", controls=("invert",))
+    read_as(runs, cfg)
     stack = rounds.build_stack(cfg, "r2", "r1", runs)
     trained, _ = artifacts.load(runs / "r1" / "model.pt", "weights")
     inv = {k: m[stack.rows("invert")] for k, m in stack.mask.items()}
