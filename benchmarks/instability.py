@@ -45,7 +45,7 @@ def one_round(cfg: config.Config, runs: Path, data: Path) -> tuple[float, float]
     rounds.init(cfg, runs / "init")
     for kind in ("model", "mask"):
         tensors, meta = artifacts.load(runs / "init" / f"{kind}.pt", "weights" if kind == "model" else "mask")
-        artifacts.save(runs / "r0" / f"{kind}.pt", tensors, {**meta, "round": "r0"})
+        artifacts.save(runs / "r0" / f"{kind}.pt", tensors, {**meta, "round": "r0", "params": config.artifact_params(cfg, "r0")})
     lines: list[str] = []
     t0 = time.perf_counter()
     rounds.run_round(cfg, "r1", "r0", runs, data, log=lines.append)
