@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lottery import generic, masks, models  # noqa: E402
 from lottery.config import TrainConfig  # noqa: E402
+from lottery.data import TensorData  # noqa: E402
 from lottery.training import train  # noqa: E402
 
 
@@ -49,16 +50,16 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return torchvision.models.resnet18(num_classes=num_classes)
 
 
-def random_data(shape: tuple[int, ...], n_train: int, n_eval: int = 100) -> dict[str, torch.Tensor]:
+def random_data(shape: tuple[int, ...], n_train: int, n_eval: int = 100) -> TensorData:
     gen = torch.Generator().manual_seed(0)
     data = {}
     for split, n in [("train", n_train), ("val", n_eval), ("test", n_eval)]:
         data[f"x_{split}"] = torch.randn(n, *shape, generator=gen)
         data[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
-    return data
+    return TensorData(**data)
 
 
-def timer(model: nn.Module, names: list[str], data: dict, batch: int):
+def timer(model: nn.Module, names: list[str], data: TensorData, batch: int):
     """A function timing lottery.training.train on `model` for n steps, in seconds per 1,000 iterations
     (after one warm-up step, here)."""
     seeds = list(range(models.n_networks(model)))
@@ -139,7 +140,7 @@ def main() -> None:
     timers = {}
     for n, vectorize in [(nets[0], True), (nets[1], True), (nets[1], False)]:
         model = generic.build(resnet18, list(range(n)), 10, (3, 32, 32), vectorize=vectorize)
-        generic.check(model, data["x_train"][:batch], data["y_train"], 10)
+        generic.check(model, data.train.x[:batch], data.train.y, 10)
         timers[n, vectorize] = timer(model, generic.prunable(model), data, batch)
     times = interleaved(timers, args.resnet_iterations, args.resnet_passes,
                         lambda c: f"resnet18 N={c[0]}{'' if c[1] else ' loop'}")

@@ -35,17 +35,19 @@ def build(n: int, seeds: list[int] | None = None) -> models.ResNet:
     return net
 
 
-def fashion_mnist(root: str) -> dict[str, torch.Tensor]:
+def fashion_mnist(root: str, test: int) -> data.TensorData:
+    """Fashion-MNIST normalised as a round reads it, the first `test` test images only."""
     cfg = config.from_dict({"data": {"dataset": "fashion-mnist", "root": root}, "prune": {"rounds": 0}})
     raw = data.prepare(cfg)
     out = {}
     for split in ("train", "val", "test"):
         out[f"x_{split}"] = (raw[f"x_{split}"].float() - raw["mean"]) / raw["std"]
         out[f"y_{split}"] = raw[f"y_{split}"]
-    return out
+    out["x_test"], out["y_test"] = out["x_test"][:test], out["y_test"][:test]
+    return data.TensorData(**out)
 
 
-def train_copies(state0: dict, d: dict, cfg: config.TrainConfig, orders: list[int], start: int) -> dict:
+def train_copies(state0: dict, d: data.TensorData, cfg: config.TrainConfig, orders: list[int], start: int) -> dict:
     """Copies of state0 (one network) trained from iteration `start` with the given data orders."""
     net = build(len(orders))
     net.load_state_dict({k: v.expand(len(orders), *v.shape[1:]).clone() for k, v in state0.items()})
@@ -55,7 +57,7 @@ def train_copies(state0: dict, d: dict, cfg: config.TrainConfig, orders: list[in
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def report(label: str, state: dict, d: dict, subset: torch.Tensor, points: int, batch: int) -> None:
+def report(label: str, state: dict, d: data.TensorData, subset: torch.Tensor, points: int, batch: int) -> None:
     a, b, c = ({k: v[[i]] for k, v in state.items()} for i in range(3))
     diff = max(float((a[k].double() - c[k].double()).abs().max()) for k in a)
     print(f"{label}: max |a - c| over all parameters and buffers (same data order) = {diff:.3g}")
@@ -81,11 +83,10 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=2560, help="training subset (bn=recompute's batches come from it)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    d = fashion_mnist(args.root)
-    d["x_test"], d["y_test"] = d["x_test"][:args.test], d["y_test"][:args.test]
+    d = fashion_mnist(args.root, args.test)
     cfg = config.TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, iterations=args.iterations,
                              eval_every=args.iterations, log_every=0)
-    subset = instability.train_subset(len(d["y_train"]), args.subset, seed=0)
+    subset = instability.train_subset(len(d.train), args.subset, seed=0)
     print(f"ResNet {PLAN} with BatchNorm on Fashion-MNIST; SGD lr 0.1 momentum 0.9, batch 128, {args.iterations} "
           f"iterations; {args.points} points; {args.test} test examples, {args.subset} training examples; "
           f"recompute: {instability.BN_BATCHES} batches of 128; torch threads {torch.get_num_threads()}")

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from lottery import masks, models
-from lottery.data import SHAPES
+from lottery.data import SHAPES, TensorData
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["lenet", "conv2", "conv4", "conv6", "vgg19", "resnet20"]
@@ -38,8 +38,8 @@ def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float
     g = torch.Generator().manual_seed(0)
     x = torch.randn(max(2000, cfg.train.batch_size * 4), *shape, generator=g)
     y = torch.randint(0, 10, (len(x),), generator=g)
-    data = {k: v.to(dev) for k, v in
-            {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}.items()}
+    x, y = x.to(dev), y.to(dev)
+    data = TensorData(x, y, x[:8], y[:8], x[:8], y[:8])
     model = models.build(cfg.model.name, list(range(n_nets))).to(dev)
     # half of every prunable layer pruned, as in a round after r0 (masks change the step's work)
     mask = {k: (torch.rand(v.shape, generator=g) > 0.5).to(dev) for k, v in masks.ones(model, models.prunable(model)).items()}

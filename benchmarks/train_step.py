@@ -120,12 +120,13 @@ def case_ours(iters: int, n: int, precision: str = "float32", fast: bool = True)
 
     from lottery import masks, models
     from lottery.config import TrainConfig
+    from lottery.data import Split, TensorData
     from lottery.runtime import configure_runtime
     from lottery.training import evaluate, train
 
     configure_runtime(DEVICE, precision)  # as the round stage: mallopt, and CUDA's settings
     x, y = _data()
-    data = {"x_train": x, "y_train": y, "x_val": x[:10], "y_val": y[:10], "x_test": x[:10], "y_test": y[:10]}
+    data = TensorData(x, y, x[:10], y[:10], x[:10], y[:10])
     model = models.build("lenet-300-100", list(range(n))).to(DEVICE)
     mask = {k: torch.rand(v.shape, device=DEVICE) > 0.5 for k, v in masks.ones(model, models.prunable(model)).items()}
     cfg = TrainConfig(iterations=iters, eval_every=10**9, log_every=0, precision=precision)
@@ -134,7 +135,7 @@ def case_ours(iters: int, n: int, precision: str = "float32", fast: bool = True)
           list(range(n)), log=quiet, fast=fast)
     dt = best_of(lambda: train(model, mask, data, cfg, list(range(n)), log=quiet, fast=fast))
     # one validation pass as the rounds run it (every eval_every iterations, on the 5,000 held-out examples)
-    val = best_of(lambda: evaluate(model, x[:VALIDATION], y[:VALIDATION], precision=precision))
+    val = best_of(lambda: evaluate(model, Split(x[:VALIDATION], y[:VALIDATION]), precision=precision))
     return {"it_s": iters / dt, "networks": n, "eval_s": val}
 
 

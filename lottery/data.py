@@ -1,9 +1,10 @@
-"""Dataset registry. Everything is held in memory as tensors (no per-sample Dataset work).
+"""Dataset registry, and the data a round reads. Everything is held in memory as tensors (no per-sample Dataset work).
 
 `prepare(cfg, record)` reads the raw files that `record` (data/raw.json, `lottery.raw`)
 lists, carves the validation split out of the training set by seed and returns a dict of
 tensors that `stages/prepare.py` saves once;
-`load_prepared(path)` gives the normalised float tensors back to the training loop.
+`load_prepared(path)` gives them back, normalised, as a `TensorData`: the one object training,
+instability, the rounds and the scores of pruning at init read data through (see its docstring).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import STAGE_PARAMS, Config, ConfigError, is_import_path
 from .raw import DataError, describe
@@ -186,12 +188,6 @@ def check_raw(name: str, raw: dict[str, np.ndarray]) -> None:
         raise bad("train", f"label {int(raw['y'].max())} is out of range for {CLASSES[name]} classes")
 
 
-def sizes(data: dict[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
-    """(classes, one example's shape) of prepared data: the largest label + 1, and x_train's example shape."""
-    return max(int(data[f"y_{s}"].max()) for s in ("train", "val", "test") if len(data[f"y_{s}"])) + 1, \
-        tuple(data["x_train"].shape[1:])
-
-
 def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """Raw data -> {x_train, y_train, x_val, y_val, x_test, y_test, mean, std} (unnormalised x).
 
@@ -254,9 +250,9 @@ def prepared_params(cfg: Config) -> str:
     return cfg.digest(STAGE_PARAMS["prepare"])
 
 
-def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: str | None = None) -> dict[str, torch.Tensor]:
-    """Prepared tensors, normalised to float32 with the training split's mean and std; with `params`
-    (`prepared_params`), the file must have been prepared with those params."""
+def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: str | None = None) -> TensorData:
+    """The prepared splits, normalised to float32 with the training split's mean and std, on `device`; with
+    `params` (`prepared_params`), the file must have been prepared with those params."""
     from .artifacts import ArtifactError, load
 
     path = Path(path)
@@ -272,7 +268,7 @@ def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: 
         x = (raw[f"x_{split}"].float() - raw["mean"]) / raw["std"]
         out[f"x_{split}"] = x.to(device)
         out[f"y_{split}"] = raw[f"y_{split}"].to(device)
-    return out
+    return TensorData(**out)
 
 
 def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path, params: str | None = None) -> None:
@@ -305,3 +301,163 @@ def _check_prepared(path: Path, t: dict[str, torch.Tensor]) -> None:
         broadcasts = v.ndim <= len(example) and all(a in (1, b) for a, b in zip(v.shape[::-1], example[::-1]))
         if not v.is_floating_point() or not broadcasts:
             raise bad(key, f"is {v.dtype} {tuple(v.shape)}: expected float, broadcastable to {tuple(example)}")
+
+
+# ---------------------------------------------------------------- the data a round reads
+
+
+class Split:
+    """Labelled examples in memory: inputs `x` (n, *example shape) and int64 labels `y` (n,), on one device.
+
+    Read through `len`, `y` (every label), `chunks` (in order: evaluation) and `subset` (a fixed selection)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def chunks(self, size: int):
+        """(x, y) of `size` consecutive examples at a time (the last chunk may be shorter), in order."""
+        for s in range(0, len(self.y), size):
+            yield self.x[s : s + size], self.y[s : s + size]
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        """The examples at the indices `idx`, in that order."""
+        idx = idx.to(self.x.device)
+        return Split(self.x[idx], self.y[idx])
+
+
+class TensorData:
+    """The data a round reads: the `train`, `val` and `test` splits (`Split`), held in memory as tensors, and
+    the data orders training draws from `train`. Training, instability, the rounds and the scores of pruning
+    at init read data through this object only:
+
+      classes, example_shape, device     what the networks are built for and run on
+      len(data.train)                    the number of training examples
+      orders(order_seeds, batch_size, augment)
+                                         the training batches (`Orders`): the batch of every data order at
+                                         iteration i is a function of (its seed, i) alone, so a run resumed
+                                         at iteration k (or rewound to θk: `Orders.skip`) sees the batches an
+                                         uninterrupted run would; its state makes the resume points
+      val / test .chunks(size)           the splits evaluated, in order, `size` examples at a time
+      train.subset(idx)                  a fixed selection of training examples (instability's)
+      first_batches(order_seeds, batch_size, count)
+                                         the first training batches of each data order, on the CPU (SNIP, GraSP)
+
+    What the next sources implement (design, not built):
+
+    A streaming source (`data.dataset: imagefolder`: `train/<class>/<image>`, too large to prepare into one
+    file) gives the same object. Its splits hold the file list in memory, and `y` every label (from the class
+    folders: cheap); `chunks` decodes the files in order with the evaluation transform in DataLoader workers;
+    `subset` is a split of the selected files. Its `orders` draws the same indices as `Orders` (a permutation
+    of the training examples per epoch from each order's seeded generator): `skip`, resume points and the
+    index arithmetic need no image, only `batch(idx)` differs: it decodes the files of `idx` in DataLoader
+    workers (the indices are known ahead, so batches are prefetched) and draws each example's random
+    transform from a generator seeded by (order seed, iteration, position in the batch), never from the worker
+    process, so a resumed run, or another number of workers, sees the same tensors. On CUDA the step then
+    copies each fetched batch into the captured graph's input instead of gathering by index inside it.
+
+    Data-parallel rounds (`train.world_size` W): `train.batch_size` B stays the global batch. Every rank
+    builds the same `Orders` from the same seeds and draws the same indices (no communication), and rank r
+    takes the rows r·B/W .. (r+1)·B/W - 1 of every order's batch (B divisible by W, checked before training);
+    augmentation draws are made for the whole global batch on every rank, each keeping its rows, so the
+    generators stay in step. Each rank's loss is the mean over its rows; DDP's gradient average over equal
+    shards is then the gradient of the mean over B, the world_size 1 result up to the order of float sums.
+    Since the `Orders` state is the same on every rank, rank 0's resume point restores all of them.
+    Evaluation: rank r evaluates every W-th chunk, and the summed losses and correct counts are all-reduced
+    before dividing by len(split), so every rank takes the same early-stop decision.
+    """
+
+    def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 x_test: torch.Tensor, y_test: torch.Tensor):
+        self.train, self.val, self.test = Split(x_train, y_train), Split(x_val, y_val), Split(x_test, y_test)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def classes(self) -> int:
+        """The largest label of any split + 1."""
+        return max(int(s.y.max()) for s in (self.train, self.val, self.test) if len(s)) + 1
+
+    def orders(self, order_seeds: list[int], batch_size: int, augment: bool = False) -> Orders:
+        return Orders(self.train, order_seeds, batch_size, augment)
+
+    def first_batches(self, order_seeds: list[int], batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `count` training batches (x (orders, B, ...), y (orders, B)) of each data order, on the CPU."""
+        orders = Orders(Split(self.train.x.cpu(), self.train.y.cpu()), order_seeds, batch_size, False)
+        return [orders.batch(orders.next_batch()) for _ in range(count)]
+
+
+def _augment_draws(gen: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flip = torch.rand(b, generator=gen) < 0.5
+    dy, dx = torch.randint(0, 9, (2, b), generator=gen)
+    return flip, dy, dx
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with padding 4 and horizontal flip of a batch (B, C, H, W), drawn from `gen`."""
+    b, c, h, w = x.shape
+    flip, dy, dx = (t.to(x.device) for t in _augment_draws(gen, b))
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (4, 4, 4, 4)).permute(0, 2, 3, 1)  # (B, H+8, W+8, C)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+class Orders:
+    """The data orders of a stack over the training split: one generator per distinct seed, so networks that
+    share a seed share batches; `next_batch()` gives the indices (orders, B) of every order's next batch, and
+    `batch(idx)` every network's examples."""
+
+    def __init__(self, train: Split, order_seeds: list[int], bs: int, augment: bool):
+        uniq = sorted(set(order_seeds))
+        self.x, self.y = train.x, train.y
+        self.gens = [torch.Generator().manual_seed(s) for s in uniq]
+        self.net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=self.x.device)
+        self.identity = len(uniq) == len(order_seeds) and uniq == list(order_seeds)
+        self.n_train, self.bs, self.augment = len(train), bs, augment
+        self.perms, self.pos = None, self.n_train
+
+    def next_batch(self) -> torch.Tensor:
+        if self.pos + self.bs > self.n_train:  # a new permutation for every data order
+            self.perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.gens]).to(self.x.device)
+            self.pos = 0
+        self.pos += self.bs
+        return self.perms[:, self.pos - self.bs : self.pos]
+
+    def skip(self) -> None:
+        """Consume one batch's orders (and augmentation draws), unused: the iterations before a rewind point."""
+        self.next_batch()
+        if self.augment:
+            for g in self.gens:
+                _augment_draws(g, self.bs)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every network's batch (N, B, ...) and labels (N, B) of the order indices `idx` (orders, B)."""
+        if not (self.identity or self.augment):  # each network's batch, gathered once
+            idx = idx[self.net_order]
+        # index_select copies whole rows: 2.6x faster than x[idx] (LeNet, 10 orders)
+        xb = torch.index_select(self.x, 0, idx.reshape(-1)).view(*idx.shape, *self.x.shape[1:])
+        yb = torch.index_select(self.y, 0, idx.reshape(-1)).view(idx.shape)
+        if self.augment:  # one draw per data order, then each network takes its order's batch
+            xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(self.gens)])
+            if not self.identity:
+                xb, yb = xb[self.net_order], yb[self.net_order]
+        return xb, yb
+
+    def state_dict(self) -> dict:
+        """What a resume point keeps: the generators' states and the current permutations."""
+        return {"gens": [g.get_state() for g in self.gens], "perms": self.perms, "pos": self.pos}
+
+    def load_state_dict(self, st: dict) -> None:
+        for g, gs in zip(self.gens, st["gens"]):
+            g.set_state(gs)
+        self.perms, self.pos = st["perms"], st["pos"]

@@ -22,13 +22,15 @@ subset, so every point, pair and round uses the same batches.
 """
 from __future__ import annotations
 
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from . import models
 from .config import BN_MODES, ConfigError
+from .data import TensorData
 from .masks import Mask
 from .training import evaluate
 
@@ -109,8 +111,8 @@ def percent_error(acc: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recompute_bn(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> None:
-    """Reset every BatchNorm's running statistics and re-estimate them over the batches x[rows[k]]:
+def recompute_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them over `batches` (inputs (B, ...)):
     train-mode forwards, cumulative average (momentum 1/(k+1) at batch k, torch's momentum=None)."""
     # the built-in stacked BatchNorm, and torch's own in your network's stack (lottery.generic)
     bns = [m for m in model.modules() if isinstance(m, (models.StackedBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
@@ -122,10 +124,10 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> None:
         m.running_mean.zero_()
         m.running_var.fill_(1.0)
     try:
-        for k, batch in enumerate(rows):
+        for k, x in enumerate(batches):
             for m in bns:
                 m.momentum = 1.0 / (k + 1)
-            model(x[batch.to(x.device)][None])
+            model(x[None])
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -172,7 +174,7 @@ class MLPLine(nn.Module):
 
 
 def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tensor],
-          state_b: dict[str, torch.Tensor], data: dict[str, torch.Tensor], subset: torch.Tensor,
+          state_b: dict[str, torch.Tensor], data: TensorData, subset: torch.Tensor,
           points: int = POINTS, bn: str = "interpolate", bn_batches: int = BN_BATCHES, batch_size: int = 128,
           stack: int = STACK, examples: int = 1000) -> dict:
     """Error (%) at `points` evenly spaced α in [0, 1] between T pairs, on the test set and on the
@@ -190,15 +192,10 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         raise ConfigError(f"instability.points: {points} is not allowed (at least the two endpoints)")
     t = _check_pair(state_a, state_b)
     alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
-    subset = subset.to(data["x_train"].device)
-    x_sub, y_sub = data["x_train"][subset], data["y_train"][subset]
-    splits = {"test": (data["x_test"], data["y_test"]), "train": (x_sub, y_sub)}
-    rows = None
-    if bn == "recompute":
-        if bn_batches * batch_size > len(subset):
-            raise ConfigError(f"instability.bn_batches: {bn_batches} batches of {batch_size} is more than the "
-                              f"{len(subset)} examples of the training subset")
-        rows = torch.arange(bn_batches * batch_size).view(bn_batches, batch_size)
+    splits = {"test": data.test, "train": data.train.subset(subset)}
+    if bn == "recompute" and bn_batches * batch_size > len(subset):
+        raise ConfigError(f"instability.bn_batches: {bn_batches} batches of {batch_size} is more than the "
+                          f"{len(subset)} examples of the training subset")
     device = next(iter(state_a.values())).device
     errors = {s: torch.empty(t * points, dtype=torch.float64) for s in splits}
     nets = None
@@ -208,11 +205,11 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         if nets is None or models.n_networks(nets) != len(idx):
             nets = (models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))).to(device)
         nets.load_state_dict(_mix(state_a, state_b, pairs, at))
-        if rows is not None:
-            recompute_bn(nets, x_sub, rows)
+        if bn == "recompute":
+            recompute_bn(nets, (x for x, _ in islice(splits["train"].chunks(batch_size), bn_batches)))
         run = MLPLine(nets, state_a, state_b, pairs, at) if isinstance(nets, models.MLP) else nets
-        for s, (x, y) in splits.items():
-            errors[s][idx] = percent_error(evaluate(run, x, y, chunk=examples)[1], len(y))
+        for s, split in splits.items():
+            errors[s][idx] = percent_error(evaluate(run, split, chunk=examples)[1], len(split))
     out: dict = {"alphas": alphas.tolist(), "bn": bn}
     for s, e in errors.items():
         e = e.view(t, points)

@@ -27,9 +27,9 @@ import torch
 from . import artifacts, generic, instability, masks, models, pruning, saliency
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
-from .data import CLASSES, SHAPES, load_prepared, prepared_params, sizes
+from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params
 from .runtime import one_thread, resolve_device
-from .training import Orders, train
+from .training import train
 
 
 def trial_seeds(cfg: Config) -> list[int]:
@@ -70,11 +70,12 @@ def init_io(cfg: Config, runs: Path) -> tuple[int, tuple[int, ...]] | None:
     return meta["num_classes"], tuple(meta["input_shape"])
 
 
-def dry_check(cfg: Config, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+def dry_check(cfg: Config, model: torch.nn.Module, data: TensorData) -> None:
     """Your own network or dataset: a dry forward on one batch before any training."""
     if own(cfg):
-        classes = sizes(data)[0] if is_import_path(cfg.data.dataset) else CLASSES[cfg.data.dataset]
-        generic.check(model, data["x_train"][: cfg.train.batch_size], data["y_train"], classes)
+        classes = data.classes if is_import_path(cfg.data.dataset) else CLASSES[cfg.data.dataset]
+        x, _ = next(data.train.chunks(cfg.train.batch_size))
+        generic.check(model, x, data.train.y, classes)
 
 
 def _io_meta(cfg: Config, io: tuple[int, tuple[int, ...]] | None) -> dict:
@@ -99,7 +100,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     """
     seeds = trial_seeds(cfg)
     prepared = load_prepared(data_path, params=prepared_params(cfg)) if own(cfg) else None
-    io = sizes(prepared) if is_import_path(cfg.data.dataset) else None
+    io = (prepared.classes, prepared.example_shape) if is_import_path(cfg.data.dataset) else None
     model = build_model(cfg, seeds, io)
     names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
@@ -163,7 +164,7 @@ class Stack:
         return slice(j, j + self.trials) if trial is None else j + trial
 
 
-def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None = None, log=print) -> Stack:
+def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: TensorData | None = None, log=print) -> Stack:
     """Prune the previous round's ticket and rewind: the ticket and every control, ready to train.
 
     `data` (load_prepared): the batches SNIP and GraSP score, the input shape of SynFlow (prune.at: init)."""
@@ -232,7 +233,7 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: dict | None
 
 
 def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, prev_mask: masks.Mask,
-           data: dict | None, log) -> tuple[masks.Mask, masks.Mask | None]:
+           data: TensorData | None, log) -> tuple[masks.Mask, masks.Mask | None]:
     """Round `name`'s ticket mask and the `invert` control's (None unless in `controls`).
 
     prune.at: trained prunes the previous ticket by its trained weights' scores; prune.at: init scores the
@@ -254,20 +255,14 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
         model.load_state_dict(theta0)
         base = {n: torch.ones_like(m) for n, m in prev_mask.items()}
         t0, c0 = time.perf_counter(), time.process_time()
-        batches, shape = (_score_batches(cfg, data), data["x_train"].shape[1:]) if needs_data else ([], None)
+        batches, shape = (data.first_batches(trial_seeds(cfg), cfg.train.batch_size, p.score_batches),
+                          data.example_shape) if needs_data else ([], None)
         with one_thread():  # small ops: one thread is ~10x faster on a shared CPU (runtime.one_thread)
             ticket, score = saliency.prune_at_init(p, model, base, kinds, k, batches, shape, seeds, "invert" in cfg.controls)
         log(f"[{name}] scored by {p.criterion} in {time.perf_counter() - t0:.2f}s wall, "  # wall >> CPU: a busy machine
             f"CPU {time.process_time() - c0:.2f}s")
     inverted = saliency.invert(score, base, masks.kept(ticket)) if "invert" in cfg.controls else None
     return ticket, inverted
-
-
-def _score_batches(cfg: Config, data: dict) -> list:
-    """The first `prune.score_batches` training batches of each trial's data order (seed + t), on the CPU."""
-    x, y = data["x_train"].cpu(), data["y_train"].cpu()
-    orders = Orders(trial_seeds(cfg), len(x), cfg.train.batch_size, torch.device("cpu"), False)
-    return [orders.gather(x, y, orders.next_batch()) for _ in range(cfg.prune.score_batches)]
 
 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
@@ -278,7 +273,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     stack.model.to(device)
     dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
-    subset = _instability_subset(cfg, len(data["y_train"]))  # bad input stops the round before training
+    subset = _instability_subset(cfg, len(data.train))  # bad input stops the round before training
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     t0 = time.perf_counter()
@@ -314,7 +309,7 @@ def _instability_subset(cfg: Config, n_train: int) -> torch.Tensor | None:
     return instability.train_subset(n_train, cfg.instability.train_subset, cfg.data.split_seed)
 
 
-def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor], data: dict[str, torch.Tensor],
+def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor], data: TensorData,
                         subset: torch.Tensor) -> dict:
     """The error along the line between each trial's trained ticket and its copy; the verdict on the test set."""
     i = cfg.instability

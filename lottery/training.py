@@ -1,4 +1,4 @@
-"""The training loop: a stack of masked networks trained together on in-memory tensors.
+"""The training loop: a stack of masked networks trained together on the data of a round (`lottery.data.TensorData`).
 
 Every network sees its own data order (one order per seed; networks that share a seed
 share batches), pruned weights stay exactly zero after every optimizer step, validation runs every
@@ -20,6 +20,7 @@ from torch import nn
 from . import resume
 from .artifacts import atomic_save
 from .config import ConfigError, LotteryError, TrainConfig
+from .data import Orders, Split, TensorData
 from .masks import Mask
 from .step import Step, set_lr
 
@@ -45,23 +46,6 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.lr * warm * cfg.lr_gamma ** sum(it > d for d in cfg.lr_drops)
 
 
-def _augment_draws(gen: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    flip = torch.rand(b, generator=gen) < 0.5
-    dy, dx = torch.randint(0, 9, (2, b), generator=gen)
-    return flip, dy, dx
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with padding 4 and horizontal flip of a batch (B, C, H, W), drawn from `gen`."""
-    b, c, h, w = x.shape
-    flip, dy, dx = (t.to(x.device) for t in _augment_draws(gen, b))
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    padded = F.pad(x, (4, 4, 4, 4)).permute(0, 2, 3, 1)  # (B, H+8, W+8, C)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
-    return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-
-
 def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int, extra=()) -> str:
     """Identity of a training run: its starting weights, masks, hyper-parameters and data orders."""
     h = hashlib.sha256(repr((sorted(vars(cfg).items()), list(order_seeds), n_train, extra)).encode())
@@ -78,20 +62,19 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000,
+def evaluate(model: nn.Module, split: Split, chunk: int = 1000,
              precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy of every network on (x, y): two (N,) tensors (in eval mode)."""
+    """Mean loss and accuracy of every network on `split`, `chunk` examples at a time: two (N,) tensors (in eval mode)."""
     was_training = model.training
     model.eval()
     loss = acc = 0.0
-    for s in range(0, len(y), chunk):
-        with autocast(x.device, precision):
-            out = model(x[None, s : s + chunk]).float()  # (N, b, C)
-        yb = y[s : s + chunk]
+    for xb, yb in split.chunks(chunk):
+        with autocast(xb.device, precision):
+            out = model(xb[None]).float()  # (N, b, C)
         loss = loss + F.cross_entropy(out.transpose(1, 2), yb.expand(out.shape[0], -1), reduction="none").sum(1)
         acc = acc + (out.argmax(-1) == yb).sum(1)
     model.train(was_training)
-    return (loss / len(y)).double(), (acc / len(y)).double()
+    return (loss / len(split)).double(), (acc / len(split)).double()
 
 
 def _check_finite(model: nn.Module, loss: torch.Tensor, it: int, label: str) -> None:
@@ -101,46 +84,6 @@ def _check_finite(model: nn.Module, loss: torch.Tensor, it: int, label: str) -> 
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p[nets[0]]).all()]
     where = f"first non-finite parameter: {bad[0]}" if bad else "parameters still finite (the loss overflowed)"
     raise NumericalError(f"{label}: non-finite loss at iteration {it} in network(s) {nets}; {where}. No checkpoint written.")
-
-
-class Orders:
-    """The data orders of a stack: one generator per distinct seed, so networks that share a seed
-    share batches; `next_batch()` gives the indices (orders, B) of every order's next batch."""
-
-    def __init__(self, order_seeds: list[int], n_train: int, bs: int, device: torch.device, augment: bool):
-        uniq = sorted(set(order_seeds))
-        self.gens = [torch.Generator().manual_seed(s) for s in uniq]
-        self.net_order = torch.tensor([uniq.index(s) for s in order_seeds], device=device)
-        self.identity = len(uniq) == len(order_seeds) and uniq == list(order_seeds)
-        self.n_train, self.bs, self.device, self.augment = n_train, bs, device, augment
-        self.perms, self.pos = None, n_train
-
-    def next_batch(self) -> torch.Tensor:
-        if self.pos + self.bs > self.n_train:  # a new permutation for every data order
-            self.perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.gens]).to(self.device)
-            self.pos = 0
-        self.pos += self.bs
-        return self.perms[:, self.pos - self.bs : self.pos]
-
-    def skip(self) -> None:
-        """Consume one batch's orders (and augmentation draws), unused: the iterations before a rewind point."""
-        self.next_batch()
-        if self.augment:
-            for g in self.gens:
-                _augment_draws(g, self.bs)
-
-    def gather(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every network's batch (N, B, ...) of the order indices `idx` (orders, B)."""
-        if not (self.identity or self.augment):  # each network's batch, gathered once
-            idx = idx[self.net_order]
-        # index_select copies whole rows: 2.6x faster than x[idx] (LeNet, 10 orders)
-        xb = torch.index_select(x, 0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
-        yb = torch.index_select(y, 0, idx.reshape(-1)).view(idx.shape)
-        if self.augment:  # one draw per data order, then each network takes its order's batch
-            xb = torch.stack([augment_batch(xb[o], g) for o, g in enumerate(self.gens)])
-            if not self.identity:
-                xb, yb = xb[self.net_order], yb[self.net_order]
-        return xb, yb
 
 
 class EarlyStop:
@@ -163,30 +106,28 @@ class EarlyStop:
 
 
 def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop) -> None:
-    atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(),
-                 "gens": [g.get_state() for g in orders.gens], "best_loss": stop.loss, "best_it": stop.it,
-                 "curve": stop.curve, "perms": orders.perms, "pos": orders.pos}, path)
+    atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(), **orders.state_dict(),
+                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve}, path)
 
 
-def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log) -> int | None:
+def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log,
+                 device: torch.device) -> int | None:
     """Restore the loop state saved at `path`; returns the iteration it was saved at (None: unreadable)."""
     try:
-        st = torch.load(path, map_location=orders.device, weights_only=True)
+        st = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a torn scratch file is not worth failing for: start over
         log(f"[{label}] ignoring unreadable resume checkpoint {path} ({type(e).__name__})")
         return None
     model.load_state_dict(st["state"])
     stop.best = st["best"]
     opt.load_state_dict(st["opt"])
-    for g, gs in zip(orders.gens, st["gens"]):
-        g.set_state(gs)
+    orders.load_state_dict(st)
     stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
-    orders.perms, orders.pos = st["perms"], st["pos"]
     log(f"[{label}] resumed from {path} at iteration {st['it']}")
     return st["it"]
 
 
-def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: TrainConfig, order_seeds: list[int],
+def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, order_seeds: list[int],
           label: str = "train", log=print, resume_dir: Path | None = None, checkpoint_seconds: float = 120.0,
           start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True) -> Result:
     """Train the stack in place and return its results.
@@ -200,14 +141,13 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
     `fast` (the default) takes the step engine's shortcuts, which give the same weights as the
     plain path (`fast=False`; see lottery.step).
     """
-    x_train, y_train = data["x_train"], data["y_train"]
-    n_train, bs, device = len(y_train), cfg.batch_size, x_train.device
+    n_train, bs, device = len(data.train), cfg.batch_size, data.device
     if bs > n_train:
         raise ConfigError(f"train.batch_size: {bs} is not allowed (larger than the {n_train} training examples)")
-    orders = Orders(order_seeds, n_train, bs, device, augment)
+    orders = data.orders(order_seeds, bs, augment)
 
     def losses(idx: torch.Tensor) -> torch.Tensor:  # (N,): every network on its batch of `idx` (orders, B)
-        xb, yb = orders.gather(x_train, y_train, idx)
+        xb, yb = orders.batch(idx)
         with autocast(device, cfg.precision):
             out = model(xb)
         return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
@@ -228,7 +168,7 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
         set_lr(step.opt, constant_lr)
     resumed = None
     if scratch and scratch.is_file():
-        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log)
+        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device)
     first = start + 1 if resumed is None else resumed + 1
 
     for it in range(first, cfg.iterations + 1):
@@ -236,7 +176,7 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             _check_finite(model, step.running, it, label)
-            val_loss, val_acc = evaluate(model, data["x_val"], data["y_val"], precision=cfg.precision)
+            val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision)
             val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
             _check_finite(model, val_loss, it, label)
             stop.update(it, state, val_loss, val_acc)
@@ -253,11 +193,11 @@ def train(model: nn.Module, mask: Mask, data: dict[str, torch.Tensor], cfg: Trai
             step.running.zero_()
             since, last_line = 0, time.monotonic()
 
-    final_loss, final_acc = evaluate(model, data["x_test"], data["y_test"], precision=cfg.precision)
+    final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}
         model.load_state_dict(stop.best)
-        _, es_acc = evaluate(model, data["x_test"], data["y_test"], precision=cfg.precision)
+        _, es_acc = evaluate(model, data.test, precision=cfg.precision)
         model.load_state_dict(final)
     if scratch:
         scratch.unlink(missing_ok=True)

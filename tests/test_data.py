@@ -209,16 +209,17 @@ def test_load_prepared_after_save_prepared_is_normalised(raw_root, tmp_path):
     assert path.is_file()
     assert not [p for p in path.parent.iterdir() if p.name != "data.pt"]  # no temporary file left
     out = data.load_prepared(path)
-    assert set(out) == {"x_train", "y_train", "x_val", "y_val", "x_test", "y_test"}
     for split in ("train", "val", "test"):
-        assert out[f"x_{split}"].dtype == torch.float32
-        assert out[f"x_{split}"].shape == tensors[f"x_{split}"].shape
-        assert torch.equal(out[f"y_{split}"], tensors[f"y_{split}"])
+        got = getattr(out, split)
+        assert got.x.dtype == torch.float32
+        assert got.x.shape == tensors[f"x_{split}"].shape
+        assert torch.equal(got.y, tensors[f"y_{split}"])
         # every split is normalised with the *training* mean and std
         want = (tensors[f"x_{split}"].float() - tensors["mean"]) / tensors["std"]
-        assert torch.allclose(out[f"x_{split}"], want, atol=1e-6, rtol=0)
-    assert float(out["x_train"].mean()) == pytest.approx(0.0, abs=1e-4)
-    assert float(out["x_train"].std()) == pytest.approx(1.0, abs=1e-4)
+        assert torch.allclose(got.x, want, atol=1e-6, rtol=0)
+    assert float(out.train.x.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(out.train.x.std()) == pytest.approx(1.0, abs=1e-4)
+    assert out.example_shape == (1, 28, 28) and out.classes == int(tensors["y_train"].max()) + 1
 
 
 def test_load_prepared_missing_and_corrupt(tmp_path):

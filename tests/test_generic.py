@@ -12,6 +12,7 @@ from torch import nn
 
 from lottery import generic
 from lottery.config import ConfigError, TrainConfig
+from lottery.data import TensorData
 from lottery.training import train
 
 SHAPE = (3, 4, 4)
@@ -382,6 +383,7 @@ def test_trains_with_the_training_loop_and_keeps_pruned_weights_zero():
         data[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
     stack = generic.build(cnn, [0, 1], 10, SHAPE)
     generic.check(stack, data["x_train"][:16], data["y_train"], 10)
+    data = TensorData(**data)
     start = {k: v.clone() for k, v in stack.state_dict().items()}
     names = generic.prunable(stack)
     mask = {k: torch.ones_like(dict(stack.named_parameters())[k], dtype=torch.bool) for k in names}

@@ -7,12 +7,13 @@ import torch
 from lottery import instability as ins
 from lottery import models
 from lottery.config import ConfigError, TrainConfig
+from lottery.data import TensorData
 from lottery.training import evaluate, train
 
 MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
 
 
-def synthetic_data(n_train=600, n_test=300, shape=(40,), seed=0) -> dict[str, torch.Tensor]:
+def synthetic_data(n_train=600, n_test=300, shape=(40,), seed=0) -> TensorData:
     """A learnable 10-class problem: labels from a fixed random linear map of the inputs."""
     gen = torch.Generator().manual_seed(seed)
     d = torch.Size(shape).numel()
@@ -21,7 +22,7 @@ def synthetic_data(n_train=600, n_test=300, shape=(40,), seed=0) -> dict[str, to
     for split, n in (("train", n_train), ("val", 60), ("test", n_test)):
         x = torch.randn(n, *shape, generator=gen)
         out[f"x_{split}"], out[f"y_{split}"] = x, (x.reshape(n, d) @ proj).argmax(1)
-    return out
+    return TensorData(**out)
 
 
 def half_mask(model, seed=0) -> dict[str, torch.Tensor]:
@@ -68,9 +69,9 @@ def test_endpoints_equal_the_evaluation_of_the_two_trained_networks(trained):
     model, _, data, a, b = trained
     subset = ins.train_subset(600, 300)
     c = ins.curve(MODEL, a, b, data, subset)
-    splits = {"test": (data["x_test"], data["y_test"]), "train": (data["x_train"][subset], data["y_train"][subset])}
-    for split, (x, y) in splits.items():
-        err = ins.percent_error(evaluate(model, x, y)[1], len(y)).tolist()  # networks: a0, b0, a1, b1
+    splits = {"test": data.test, "train": data.train.subset(subset)}
+    for split, s in splits.items():
+        err = ins.percent_error(evaluate(model, s)[1], len(s)).tolist()  # networks: a0, b0, a1, b1
         curves = c[f"{split}_error"]
         assert [curves[0][0], curves[0][-1], curves[1][0], curves[1][-1]] == err
     assert c["test_error"][0][0] != c["test_error"][0][-1]  # the two orders really gave different networks
@@ -94,7 +95,7 @@ def test_mlp_points_share_the_ends_first_layer_and_equal_the_interpolated_networ
     plain.load_state_dict(ins.line(a, b, alphas))
     fast = ins.MLPLine(plain, a, b, torch.arange(2).repeat_interleave(5), alphas.repeat(2))
     with torch.no_grad():
-        want, got = plain(data["x_test"][None]), fast(data["x_test"][None])
+        want, got = plain(data.test.x[None]), fast(data.test.x[None])
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
     ends = [0, 4, 5, 9]  # α = 0 and 1 of both pairs: bit for bit
     assert torch.equal(got[ends], want[ends])
@@ -193,23 +194,23 @@ def test_batchnorm_interpolate_and_recompute(resnet_pair):
     assert inter["bn"] == "interpolate" and recomputed["bn"] == "recompute"
     assert len(inter["test_error"][0]) == len(recomputed["test_error"][0]) == 4
 
-    splits = {"test": (data["x_test"], data["y_test"]), "train": (data["x_train"][subset], data["y_train"][subset])}
-    for split, (x, y) in splits.items():  # interpolate: the ends are the trained networks as they are
-        err = ins.percent_error(evaluate(model, x, y)[1], len(y)).tolist()
+    splits = {"test": data.test, "train": data.train.subset(subset)}
+    for split, s in splits.items():  # interpolate: the ends are the trained networks as they are
+        err = ins.percent_error(evaluate(model, s)[1], len(s)).tolist()
         assert [inter[f"{split}_error"][0][0], inter[f"{split}_error"][0][-1]] == err
 
     # recompute: the ends equal the trained networks evaluated after the same re-estimation
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = torch.arange(3 * 16).view(3, 16)
-    ins.recompute_bn(model, data["x_train"][subset], rows)
+    ins.recompute_bn(model, data.train.x[subset][rows])
     assert not torch.equal(model.state_dict()[bn_mean], before[bn_mean])
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, models.StackedBatchNorm2d))
     with torch.no_grad():  # the first BatchNorm's mean is the plain mean over all 48 examples (cumulative average)
-        x = data["x_train"][subset][:48]
+        x = data.train.x[subset][:48]
         conv = model.conv(models.to_grouped(x[None], 2, models.CIFAR_SHAPE))
         assert torch.allclose(model.bn.running_mean, conv.mean((0, 2, 3)).view(2, -1), atol=1e-5)
-    for split, (x, y) in splits.items():
-        err = ins.percent_error(evaluate(model, x, y)[1], len(y)).tolist()
+    for split, s in splits.items():
+        err = ins.percent_error(evaluate(model, s)[1], len(s)).tolist()
         assert [recomputed[f"{split}_error"][0][0], recomputed[f"{split}_error"][0][-1]] == err
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(before)
@@ -217,7 +218,7 @@ def test_batchnorm_interpolate_and_recompute(resnet_pair):
         for m in model.modules():
             if isinstance(m, models.StackedBatchNorm2d):
                 m.running_mean.fill_(7.0)
-    ins.recompute_bn(model, data["x_train"][subset], rows)
+    ins.recompute_bn(model, data.train.x[subset][rows])
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
     model.load_state_dict(before)
 
@@ -244,7 +245,7 @@ def test_recompute_bn_reaches_the_batchnorm_of_your_own_network():
     torch.manual_seed(0)
     stack = generic.GenericStack([build() for _ in range(2)]).double()
     x = torch.randn(10, 3, dtype=torch.float64)
-    ins.recompute_bn(stack, x, torch.arange(8)[None])
+    ins.recompute_bn(stack, [x[:8]])
     for i in range(2):
         h = x[:8] @ stack.state_dict()["0.weight"][i].T + stack.state_dict()["0.bias"][i]
         assert torch.allclose(stack.state_dict()["1.running_mean"][i], h.mean(0), atol=1e-12)

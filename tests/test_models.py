@@ -11,6 +11,7 @@ from torch import nn
 
 from lottery import config, masks, models
 from lottery.config import ConfigError, TrainConfig
+from lottery.data import TensorData
 from lottery.training import train
 
 CIFAR = ["conv-2", "conv-4", "conv-6", "vgg-19", "resnet-20"]
@@ -50,13 +51,14 @@ def silent(*_a, **_k):
     pass
 
 
-def cifar_data(n_train=32, n_val=16, n_test=16, seed=0) -> dict[str, torch.Tensor]:
+def cifar_data(n_train=32, n_val=16, n_test=16, seed=0, double=False) -> TensorData:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        out[f"x_{split}"] = torch.randn(n, 3, 32, 32, generator=gen)
+        x = torch.randn(n, 3, 32, 32, generator=gen)
+        out[f"x_{split}"] = x.double() if double else x
         out[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen)
-    return out
+    return TensorData(**out)
 
 
 def half_mask(model, seed=0) -> masks.Mask:
@@ -173,7 +175,7 @@ def test_init_scales_and_zero_biases():
 
 
 
-def _train_stack_and_alone(name: str, data: dict, atol: float) -> None:
+def _train_stack_and_alone(name: str, data: TensorData, atol: float) -> None:
     seeds = [0, 1]
     cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, iterations=5, eval_every=5, log_every=0, batch_size=8)
     stack = models.build(name, seeds)
@@ -198,8 +200,7 @@ def test_stacked_training_equals_one_by_one_resnet20(float64):
     # In float32 a BatchNorm ResNet on batches of 8 random images amplifies rounding differences
     # (different kernel blockings for 1 vs 2 networks) to ~1e-4 within 5 SGD steps; in float64
     # the stack and the networks trained alone agree to ~1e-18, which is what this checks.
-    data = {k: v.double() if v.is_floating_point() else v for k, v in cifar_data().items()}
-    _train_stack_and_alone("resnet-20", data, atol=1e-10)
+    _train_stack_and_alone("resnet-20", cifar_data(double=True), atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["conv-2", "vgg-19", "resnet-20"])  # conv-4/6: conv-2's layers, deeper

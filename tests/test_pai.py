@@ -13,6 +13,7 @@ import torch
 from conftest import ran, retag
 
 from lottery import artifacts, config, masks, rounds
+from lottery.data import TensorData
 
 MODEL = "mlp-mnist1d"
 
@@ -29,9 +30,10 @@ def make_cfg(at: str = "init", criterion: str = "magnitude", strategy: str = "la
     })
 
 
-def fake_data(n: int = 200) -> dict[str, torch.Tensor]:
+def fake_data(n: int = 200) -> TensorData:
     gen = torch.Generator().manual_seed(0)
-    return {"x_train": torch.randn(n, 40, generator=gen), "y_train": torch.randint(0, 10, (n,), generator=gen)}
+    x, y = torch.randn(n, 40, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+    return TensorData(x, y, x, y, x, y)  # only the training split is read (the batches SNIP and GraSP score)
 
 
 def write_round(runs: Path, name: str, weights: dict[str, torch.Tensor], mask: masks.Mask, cfg: config.Config) -> None:

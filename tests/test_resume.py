@@ -10,6 +10,7 @@ import torch
 from conftest import SCRATCH, Repo, env_for, kill_at_resume_point, ran
 from lottery import masks, models
 from lottery.config import TrainConfig
+from lottery.data import TensorData
 from lottery.training import train
 
 
@@ -21,7 +22,7 @@ def _data(n=300):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 40, generator=g)
     y = (x[:, :10].argmax(1))
-    return {"x_train": x, "y_train": y, "x_val": x[:50], "y_val": y[:50], "x_test": x[50:100], "y_test": y[50:100]}
+    return TensorData(x, y, x[:50], y[:50], x[50:100], y[50:100])
 
 
 def _run(resume_dir, crash_at=None, **train_kw):

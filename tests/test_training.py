@@ -7,6 +7,7 @@ import torch
 from lottery import masks, models, step
 from lottery.runtime import configure_runtime
 from lottery.config import ConfigError, TrainConfig
+from lottery.data import TensorData
 from lottery.step import stop_pruned_updates
 from lottery.runtime import resolve_device
 from lottery.training import NumericalError, Result, train
@@ -14,7 +15,7 @@ from lottery.training import NumericalError, Result, train
 MODEL = "mlp-mnist1d"  # 40 -> 100 -> 100 -> 10
 
 
-def synthetic_data(n_train=240, n_val=60, n_test=60, seed=0) -> dict[str, torch.Tensor]:
+def synthetic_data(n_train=240, n_val=60, n_test=60, seed=0, device="cpu") -> TensorData:
     """A learnable 10-class problem on 40 features: labels from a fixed random linear map."""
     gen = torch.Generator().manual_seed(seed)
     proj = torch.randn(40, 10, generator=gen)
@@ -23,7 +24,7 @@ def synthetic_data(n_train=240, n_val=60, n_test=60, seed=0) -> dict[str, torch.
         x = torch.randn(n, 40, generator=gen)
         out[f"x_{split}"] = x
         out[f"y_{split}"] = (x @ proj).argmax(1)
-    return out
+    return TensorData(**{k: v.to(device) for k, v in out.items()})
 
 
 def half_mask(model, seed=0) -> masks.Mask:
@@ -111,7 +112,7 @@ def test_model_holds_final_weights_not_early_stop_weights():
     data = synthetic_data()
     # unlearnable validation labels: the validation loss rises as the network grows confident,
     # so the early-stop iteration comes well before the end
-    data["y_val"] = torch.randint(0, 10, data["y_val"].shape, generator=torch.Generator().manual_seed(9))
+    data.val.y = torch.randint(0, 10, data.val.y.shape, generator=torch.Generator().manual_seed(9))
     model = models.build(MODEL, [0])
     res = train(model, masks.ones(model, models.prunable(model)), data, cfg(lr=5e-3, iterations=100, eval_every=5),
                 order_seeds=[0], log=silent)
@@ -361,7 +362,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def _train_on(device: str, seeds, order_seeds, train_cfg, fast=True, mask=None):
     dev = configure_runtime(device, train_cfg.precision)  # deterministic kernels on CUDA
-    data = {k: v.to(dev) for k, v in synthetic_data().items()}
+    data = synthetic_data(device=dev)
     model = models.build(MODEL, seeds)
     mask = half_mask(model, seed=42) if mask is None else mask
     model.to(dev)

@@ -13,7 +13,8 @@ import torch
 from conftest import make_repo, env_for, ran
 from lottery import artifacts, config, masks, models, pruning, rounds
 from lottery.config import PruneConfig, TrainConfig
-from lottery.training import augment_batch, lr_at, train
+from lottery.data import TensorData, augment_batch
+from lottery.training import lr_at, train
 
 
 def test_global_pruning_ranks_the_pooled_layers_together():
@@ -73,7 +74,7 @@ def _data(n=200, d=40):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     y = x[:, :10].argmax(1)
-    return {"x_train": x, "y_train": y, "x_val": x[:40], "y_val": y[:40], "x_test": x[40:80], "y_test": y[40:80]}
+    return TensorData(x, y, x[:40], y[:40], x[40:80], y[40:80])
 
 
 def test_schedule_resumes_at_k_bit_for_bit():
@@ -104,8 +105,8 @@ def _prepared(tmp_path):
 
     d = _data()
     path = tmp_path / "prepared.pt"
-    save_prepared({"x_train": d["x_train"], "y_train": d["y_train"], "x_val": d["x_val"], "y_val": d["y_val"],
-                   "x_test": d["x_test"], "y_test": d["y_test"], "mean": torch.zeros(1), "std": torch.ones(1)}, path, prepared_params(_cfg(tmp_path)))
+    save_prepared({"x_train": d.train.x, "y_train": d.train.y, "x_val": d.val.x, "y_val": d.val.y,
+                   "x_test": d.test.x, "y_test": d.test.y, "mean": torch.zeros(1), "std": torch.ones(1)}, path, prepared_params(_cfg(tmp_path)))
     return path
 
 
