@@ -18,7 +18,7 @@ import torch
 from . import artifacts
 from .cli import output
 from .config import LotteryError
-from .revisions import Revision, RevisionError
+from .revisions import Revision, RevisionError, parse
 
 
 class CompareError(LotteryError, ValueError):
@@ -40,7 +40,8 @@ def read_rounds(rev: str):
     """The tidy table metrics/rounds.csv of `rev` (one row per round x variant x trial)."""
     import pandas as pd
 
-    df = pd.read_csv(io.BytesIO(Revision(rev).read("metrics/rounds.csv", "did its summarize stage run?")))
+    data = Revision(rev).read("metrics/rounds.csv", "did its summarize stage run?")
+    df = parse(data, "metrics/rounds.csv", rev, lambda b: pd.read_csv(io.BytesIO(b)))
     missing = [c for c in ("variant", "weights_remaining", "test_accuracy") if c not in df]
     if missing:
         raise RevisionError(f"metrics/rounds.csv in '{rev}' has no column {missing[0]!r}")

@@ -228,21 +228,26 @@ def study_rows(exps: list[str], round_name: str, read: Callable[[str, str], str]
 
     import yaml
 
+    from .revisions import RevisionError, parse
+
     rows = []
     for exp in exps:
-        params = yaml.safe_load(read(exp, "params.yaml")) or {}
-        rewind = params.get("rewind", {})
+        params = parse(read(exp, "params.yaml"), "params.yaml", exp, yaml.safe_load, dict)
+        rewind = params.get("rewind") if isinstance(params.get("rewind"), dict) else {}
         row = {"exp": exp, "k": rewind.get("iteration", 0) if rewind.get("to") == "iteration" else 0}
         for label, name in (("dense", "r0"), ("ticket", round_name)):
             path = f"runs/{name}/metrics.json"
-            m = json.loads(read(exp, path))
+            m = parse(read(exp, path), path, exp, json.loads, dict)
             if "instability" not in m:
                 raise ConfigError(f"{path} of '{exp}' has no instability: run it with -S instability.enabled=true")
-            inst = [t["test_instability"] for t in m["instability"]["trials"]]
-            nets = [n for n in m["networks"] if n["variant"] == "ticket"]
-            row[label] = {"round": name, "weights_remaining": nets[0]["weights_remaining"],
-                          "instability": sum(inst) / len(inst), "min": min(inst), "max": max(inst),
-                          "test_accuracy": sum(n["test_accuracy"] for n in nets) / len(nets)}
+            try:
+                inst = [t["test_instability"] for t in m["instability"]["trials"]]
+                nets = [n for n in m["networks"] if n["variant"] == "ticket"]
+                row[label] = {"round": name, "weights_remaining": nets[0]["weights_remaining"],
+                              "instability": sum(inst) / len(inst), "min": min(inst), "max": max(inst),
+                              "test_accuracy": sum(n["test_accuracy"] for n in nets) / len(nets)}
+            except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError) as e:
+                raise RevisionError(f"{path} of '{exp}' is malformed ({type(e).__name__}: {e})") from None
         rows.append(row)
     return sorted(rows, key=lambda r: (r["k"], r["exp"]))
 

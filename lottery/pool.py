@@ -25,7 +25,7 @@ import yaml
 
 from . import artifacts, summary
 from .config import LotteryError, flatten
-from .revisions import Revision, RevisionError
+from .revisions import Revision, RevisionError, parse
 
 
 class PoolError(LotteryError, ValueError):
@@ -61,7 +61,7 @@ def check(studies: dict[str, dict]) -> None:
 def fetch(rev: str, dst: Path, repo: str = ".") -> dict:
     """params.yaml and runs/<round>/ of `rev` copied under `dst`; returns the params."""
     r = Revision(rev, repo)
-    params = yaml.safe_load(r.read("params.yaml"))
+    params = parse(r.read("params.yaml"), "params.yaml", rev, yaml.safe_load)
     try:
         names, _ = round_names(params), seeds_of(params)
     except (TypeError, KeyError, AttributeError):

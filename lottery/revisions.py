@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Callable
+
+from dvc.exceptions import DvcException
 
 from .config import ROUND_NAME, LotteryError
 
@@ -54,12 +57,30 @@ def resolve(name: str, repo: str | Path = ".") -> str:
     raise RevisionError(f"'{name}' is neither an experiment nor a git revision of this repository ({HINT})")
 
 
+def parse(data: bytes | str, path: str, rev: str, parser: Callable[[Any], Any], kind: type | None = None) -> Any:
+    """`parser(data)` of a file `path` of revision `rev` (yaml.safe_load, json.loads, a CSV reader), checked to be
+    a `kind` if given: a file of another commit is not trusted, so a malformed one is a RevisionError naming it."""
+    try:
+        out = parser(data)
+    except Exception as e:  # each parser fails its own way (YAMLError, JSONDecodeError, ParserError, UnicodeError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RevisionError(f"{path} of '{rev}' is malformed ({type(e).__name__}{': ' + first if first else ''})") from None
+    if kind is not None and not isinstance(out, kind):
+        raise RevisionError(f"{path} of '{rev}' is malformed (a {type(out).__name__}, expected a {kind.__name__})")
+    return out
+
+
 def check_round(round_name: str, rev: str) -> str:
     """`round_name` if it is a round name (r<digits>), else a RevisionError naming it: no other string reaches a path."""
     if not re.fullmatch(ROUND_NAME, round_name):
         raise RevisionError(f"--round {round_name!r} is not a round name of '{rev}' (r<digits>: r0 is dense, "
                             "r1 the first pruned round)")
     return round_name
+
+
+def _unreadable(rev: str, e: Exception) -> RevisionError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RevisionError(f"DVC cannot read the pipeline of '{rev}': {first}")
 
 
 class Revision:
@@ -88,6 +109,8 @@ class Revision:
             raise RevisionError(f"{path} is a folder in '{self.name}', not a file") from None
         except FileNotFoundError:
             raise self._missing(path, why) from None
+        except DvcException as e:  # DVC cannot read the pipeline of that commit (a malformed dvc.yaml or params.yaml)
+            raise _unreadable(self.name, e) from None
 
     def round_file(self, round_name: str, file: str) -> bytes:
         """runs/<round_name>/<file>, naming a malformed round or one this revision did not run."""
@@ -100,3 +123,5 @@ class Revision:
             self.fs.get(path, str(dst), recursive=self.fs.isdir(path))
         except FileNotFoundError:
             raise self._missing(path, why) from None
+        except DvcException as e:
+            raise _unreadable(self.name, e) from None

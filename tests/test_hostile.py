@@ -132,3 +132,25 @@ def test_the_documented_limits_are_the_enforced_ones():
     rows = re.findall(r"^  \| `([\w.]+)` \| ([\d,]+) \| ([\d,]+) \|$", text, flags=re.M)
     documented = {k: (int(lo.replace(",", "")), int(hi.replace(",", ""))) for k, lo, hi in rows}
     assert documented == {**config.LIMITS, "prune.rounds": (0, config.MAX_ROUNDS)}
+
+
+def test_malformed_files_of_another_commit_are_named_not_a_traceback(repo):
+    """A commit's params.yaml or metrics/rounds.csv is not trusted: `instability` and `compare --plot` read them."""
+    (repo.path / "metrics" / "rounds.csv").write_text('round,variant\n"r1,ticket\n')  # a quote never closed
+    repo.dvc("commit", "-f", "summarize")
+    repo.commit("a malformed rounds.csv")
+    line = one_error_line(repo.run(sys.executable, "-m", "lottery.compare", "--plot", "x.png", "HEAD", "HEAD~1",
+                                   check=False))
+    assert line.startswith("error: metrics/rounds.csv of 'HEAD' is malformed (ParserError: "), line
+    (repo.path / "params.yaml").write_text("- a list\n")  # YAML, not a mapping
+    repo.commit("params a list")
+    line = one_error_line(repo.run(sys.executable, "-m", "lottery.instability", "HEAD", "--round", "r1", check=False))
+    assert line == "error: params.yaml of 'HEAD' is malformed (a list, expected a dict)", line
+    (repo.path / "params.yaml").write_text("seed: [0\n")  # not YAML: DVC itself cannot read that commit's pipeline
+    repo.commit("params not YAML")
+    line = one_error_line(repo.run(sys.executable, "-m", "lottery.instability", "HEAD", "--round", "r1", check=False))
+    assert line.startswith("error: params.yaml of 'HEAD' is malformed (ParserError: "), line
+    line = one_error_line(repo.run(sys.executable, "-m", "lottery.compare", "HEAD", "HEAD~2", "--round", "r1",
+                                   check=False))
+    assert line == ("error: DVC cannot read the pipeline of 'HEAD': unable to read: 'params.yaml', YAML file "
+                    "structure is corrupted"), line
