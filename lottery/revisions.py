@@ -24,6 +24,20 @@ class RevisionError(LotteryError, ValueError):
     """A revision that does not exist here, or a file it does not hold."""
 
 
+def head(repo: str | Path = ".") -> str | None:
+    """The sha of the commit checked out in `repo`, None in a repository with no commit yet (`git init`, then
+    `dvc repro`); a RevisionError outside a git repository."""
+    from scmrepo.exceptions import SCMError
+    from scmrepo.git import Git
+
+    try:
+        scm = Git(str(repo))
+        with scm:
+            return None if scm.no_commits else scm.get_rev()
+    except SCMError as e:
+        raise RevisionError(f"{Path(repo).resolve()}: {e}") from None
+
+
 def resolve(name: str, repo: str | Path = ".") -> str:
     """The commit sha of experiment or git revision `name` in `repo`; a RevisionError naming it otherwise."""
     from scmrepo.exceptions import SCMError

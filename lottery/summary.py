@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,19 +301,15 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def commit(cwd: Path | str = ".") -> str:
-    """The git HEAD summarize runs at (12 hex digits), or why there is none: a repository without a commit
-    (`git init` then `dvc repro`) or no repository at all is a plain statement, not an error."""
-    def git(*args: str) -> subprocess.CompletedProcess | None:
-        try:
-            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-        except OSError:  # no git executable
-            return None
+    """The git HEAD summarize runs at (12 hex digits, `revisions.head`), or why there is none: a repository without
+    a commit (`git init` then `dvc repro`) or no repository at all is a plain statement, not an error."""
+    from .revisions import RevisionError, head
 
-    head = git("rev-parse", "--verify", "-q", "HEAD^{commit}")
-    if head is not None and head.returncode == 0:
-        return head.stdout.strip()[:12]
-    inside = git("rev-parse", "--git-dir")
-    return "none (no commit yet)" if inside is not None and inside.returncode == 0 else "none (not a git repository)"
+    try:
+        sha = head(cwd)
+    except RevisionError:
+        return "none (not a git repository)"
+    return sha[:12] if sha else "none (no commit yet)"
 
 
 def format_seeds(seeds: list[int]) -> str:
