@@ -42,6 +42,7 @@ DEVICES = ("cpu", "cuda", "auto")
 ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
+BACKENDS = ("auto", "gloo", "nccl")  # train.backend (torch.distributed)
 # Bounds of every size and count a typo can make endless or too large for memory: (smallest, largest). Real
 # studies stay far inside (the paper's LeNet: 50K iterations, batch 60, 5 trials; Frankle et al. 2020's ImageNet
 # ResNet-50: about 450K iterations at batch 1024); the table is docs/reliability.md's.
@@ -52,6 +53,8 @@ LIMITS: dict[str, tuple[int, int]] = {
     "data.split_seed": (0, 2**31 - 1),
     "data.train_subset": (0, 100_000_000),
     "train.batch_size": (1, 65_536),
+    "train.world_size": (1, 4_096),
+    "train.nodes": (1, 1_024),
     "train.iterations": (1, 10_000_000),
     "train.eval_every": (1, 10_000_000),
     "train.log_every": (0, 10_000_000),
@@ -122,6 +125,14 @@ class TrainConfig:
     log_every: int = _help("print a progress line every N iterations, and at least every 10% of the round "
                                 "and every 30 s (0 = none)", 500)
     checkpoint_seconds: float = _help("save a resume point every N seconds of a round (crash-safe; not a result param)", 120.0)
+    world_size: int = _help("processes that train one round together (data parallel, DistributedDataParallel): each "
+                            "takes batch_size / world_size rows of every batch (batch_size stays the global batch)", 1)
+    nodes: int = _help("machines the world_size processes spread over (> 1: through Ray Train on the Ray cluster "
+                       "at train.address; not a result param)", 1)
+    backend: str = _help("torch.distributed backend of a data-parallel round: auto (nccl on cuda, gloo on cpu), "
+                         "gloo or nccl (not a result param)", "auto")
+    address: str = _help("the Ray cluster a round with nodes > 1 runs on ('<head>:6379' or 'auto'; not a result "
+                         "param)", "")
 
 
 @dataclass
@@ -233,7 +244,7 @@ def predecessor(prune: PruneConfig, name: str) -> str | None:
 # covered by data/raw.json, the raw files' digests `check` records for `prepare`.
 _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
              "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
-             "train.warmup", "train.lr_drops", "train.lr_gamma", "data.augment"]
+             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "data.augment"]
 # The run's settings that metrics/report.md lists (and the figures' subtitle): summarize reads them, so they are
 # among its params and a change to one reruns it; the report never shows settings of another run.
 REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",
@@ -243,7 +254,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
     "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
-             "train.lr_gamma", "train.device", "train.precision", "prune.layers", "prune.ignore"],
+             "train.lr_gamma", "train.device", "train.precision", "train.world_size", "prune.layers", "prune.ignore"],
     # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
     "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability",
               "data.split_seed"],
@@ -376,6 +387,13 @@ def validate(cfg: Config) -> Config:
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a number in (0, 1]")
     _check(t.device in DEVICES, "train.device", t.device, "one of " + ", ".join(DEVICES))
     _check(t.precision in PRECISIONS, "train.precision", t.precision, "one of " + ", ".join(PRECISIONS))
+    _check(t.backend in BACKENDS, "train.backend", t.backend, "one of " + ", ".join(BACKENDS))
+    _check(t.batch_size % t.world_size == 0, "train.world_size", t.world_size,
+           f"a divisor of train.batch_size={t.batch_size} (every process takes an equal share of each batch)")
+    _check(t.world_size % t.nodes == 0, "train.nodes", t.nodes,
+           f"a divisor of train.world_size={t.world_size} (the same number of processes on every node)")
+    _check(t.nodes == 1 or bool(t.address), "train.address", t.address,
+           f"the Ray cluster's address ('<head>:6379' or 'auto') when train.nodes={t.nodes} > 1")
     p = cfg.prune
     _check(p.strategy in STRATEGIES, "prune.strategy", p.strategy, "one of " + ", ".join(STRATEGIES))
     _check(0 < p.rate < 1, "prune.rate", p.rate, "a number in (0, 1)")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, generic, instability, masks, models, pruning, saliency
+from . import artifacts, distributed, generic, instability, masks, models, pruning, saliency
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params
@@ -115,6 +115,8 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
         train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
               log=log, augment=cfg.data.augment)
+        if not distributed.is_main():  # rank 0 of a data-parallel init writes θk
+            return
     artifacts.save(out / "model.pt", model.state_dict(), _meta(cfg, "weights", "init", iteration=k,
                                                                  **_io_meta(cfg, io)))
     artifacts.save(out / "mask.pt", mask, _meta(cfg, "mask", "init"))
@@ -283,6 +285,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
                    resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds,
                    start=stack.start, constant_lr=stack.constant_lr, augment=cfg.data.augment)
     seconds = time.perf_counter() - t0
+    if not distributed.is_main():  # rank 0 of a data-parallel round writes the round
+        return {}
 
     trained = {key: v.detach().cpu() for key, v in stack.model.state_dict().items()}
     _check_saved(trained, stack.mask, name)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import resume
+from . import distributed, resume
 from .artifacts import atomic_save
 from .config import ConfigError, LotteryError, TrainConfig
 from .data import Orders, Split, TensorData
@@ -62,17 +62,25 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, chunk: int = 1000,
-             precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy of every network on `split`, `chunk` examples at a time: two (N,) tensors (in eval mode)."""
+def evaluate(model: nn.Module, split: Split, chunk: int = 1000, precision: str = "float32",
+             shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of every network on `split`, `chunk` examples at a time: two (N,) tensors (in eval
+    mode). With `shard` (r, W), rank r of a data-parallel round evaluates every W-th chunk and the sums are
+    added over the ranks (with rank 0's BatchNorm statistics), so every rank gets the same result."""
     was_training = model.training
     model.eval()
     loss = acc = 0.0
-    for xb, yb in split.chunks(chunk):
+    if shard[1] > 1:  # (a rank may get no chunk: the sums start as tensors)
+        distributed.sync_buffers(model)
+        p = next(model.parameters())
+        loss, acc = torch.zeros(p.shape[0], device=p.device), torch.zeros(p.shape[0], device=p.device)
+    for xb, yb in split.chunks(chunk, shard):
         with autocast(xb.device, precision):
             out = model(xb[None]).float()  # (N, b, C)
         loss = loss + F.cross_entropy(out.transpose(1, 2), yb.expand(out.shape[0], -1), reduction="none").sum(1)
         acc = acc + (out.argmax(-1) == yb).sum(1)
+    if shard[1] > 1:
+        distributed.all_reduce_(loss), distributed.all_reduce_(acc)
     model.train(was_training)
     return (loss / len(split)).double(), (acc / len(split)).double()
 
@@ -144,16 +152,20 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     n_train, bs, device = len(data.train), cfg.batch_size, data.device
     if bs > n_train:
         raise ConfigError(f"train.batch_size: {bs} is not allowed (larger than the {n_train} training examples)")
-    orders = data.orders(order_seeds, bs, augment)
+    shard = distributed.rank_world()  # (rank, world size): this process's rows of every batch
+    orders = data.orders(order_seeds, bs, augment, shard)
+    net = model  # DistributedDataParallel(model) in a data-parallel round: gradients averaged over the ranks
 
-    def losses(idx: torch.Tensor) -> torch.Tensor:  # (N,): every network on its batch of `idx` (orders, B)
+    def losses(idx: torch.Tensor) -> torch.Tensor:  # (N,): every network on its rows of the batch of `idx`
         xb, yb = orders.batch(idx)
         with autocast(device, cfg.precision):
-            out = model(xb)
+            out = net(xb)
         return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
 
     model.train()
-    step = Step(model, mask, cfg, losses, fast=fast, graph=not augment, log=log)  # masks the model
+    step = Step(model, mask, cfg, losses, fast=fast, graph=orders.graphable and shard[1] == 1, log=log)  # masks it
+    net = distributed.wrap(model)
+    main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
     digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
@@ -176,11 +188,11 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             _check_finite(model, step.running, it, label)
-            val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision)
+            val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision, shard=shard)
             val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
             _check_finite(model, val_loss, it, label)
             stop.update(it, state, val_loss, val_acc)
-            if scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
+            if main and scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
                 _save_resume(scratch, it, state, step.opt, orders, stop)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
@@ -193,13 +205,13 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             step.running.zero_()
             since, last_line = 0, time.monotonic()
 
-    final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision)
+    final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}
         model.load_state_dict(stop.best)
-        _, es_acc = evaluate(model, data.test, precision=cfg.precision)
+        _, es_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
         model.load_state_dict(final)
-    if scratch:
+    if scratch and main:
         scratch.unlink(missing_ok=True)
     return Result(early_stop_iteration=stop.it.tolist(), test_accuracy=es_acc.tolist(),
                   final_test_accuracy=final_acc.tolist(), min_val_loss=stop.loss.tolist(), curve=stop.curve)

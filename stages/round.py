@@ -6,7 +6,7 @@ STARTED = time.perf_counter()  # before `import torch`: the stage's start-up is 
 import argparse  # noqa: E402
 from pathlib import Path
 
-from lottery import config, rounds  # noqa: E402
+from lottery import config, distributed, rounds  # noqa: E402
 from lottery.cli import run  # noqa: E402
 from lottery.runtime import configure_runtime  # noqa: E402
 
@@ -26,9 +26,9 @@ def main() -> None:
     if args.round not in names:
         raise config.ConfigError(f"round {args.round!r} is not a round of this experiment: r0 to {names[-1]} "
                                  f"(prune.rounds={cfg.prune.rounds})")
-    configure_runtime(cfg.train.device, cfg.train.precision)
-    rounds.run_round(cfg, args.round, args.prev, Path(args.runs), Path(args.data), resume_dir=Path(args.resume_dir),
-                     started=STARTED)
+    device = configure_runtime(cfg.train.device, cfg.train.precision)
+    distributed.launch(cfg.train, device, rounds.run_round, cfg, args.round, args.prev, Path(args.runs),
+                       Path(args.data), resume_dir=Path(args.resume_dir), started=STARTED)
 
 
 if __name__ == "__main__":

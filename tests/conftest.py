@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,21 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def ray_cluster():
+    """A head node that runs no task (0 CPUs; the driver connects to it) and two worker nodes with one CPU each."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        for pattern in ("lottery-sw-*", "lottery-ff-*"):  # the clones of a killed attempt and of a cancelled task
+            for clone in Path(tempfile.gettempdir()).glob(pattern):
+                shutil.rmtree(clone, ignore_errors=True)

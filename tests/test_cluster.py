@@ -55,24 +55,6 @@ def test_bad_input_is_refused_before_any_task(repo, tmp_path):
     assert p.returncode == 2 and "no Ray cluster at 127.0.0.1:1" in p.stderr and "ray start --head" in p.stderr, p.stderr
 
 
-@pytest.fixture
-def ray_cluster():
-    """A head node that runs no task (0 CPUs; the driver connects to it) and two worker nodes with one CPU each."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        for _ in range(2):
-            c.add_node(num_cpus=1)
-        c.wait_for_nodes()
-        yield c
-    finally:
-        c.shutdown()
-        for pattern in ("lottery-sw-*", "lottery-ff-*"):  # the clones of a killed attempt and of a cancelled task
-            for clone in Path(tempfile.gettempdir()).glob(pattern):
-                shutil.rmtree(clone, ignore_errors=True)
-
-
 def _kill_node(c, node) -> None:
     """A node dies: SIGKILL its raylet and every process under it (Ray workers, their git, DVC and stage processes),
     stopping them all first so that none forks a new one meanwhile."""

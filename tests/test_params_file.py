@@ -57,10 +57,12 @@ def test_each_stage_lists_exactly_the_params_of_its_table_entry():
         for key in keys:
             cfg.value(key)  # every key names a params key or section
     # A train key missing from a training stage's params would let `dvc exp run -S train.<key>=...`
-    # restore stale rounds from the cache. Only logging and resume cadence are left out.
+    # restore stale rounds from the cache. Only logging, resume cadence and where the processes of a
+    # data-parallel round run (not how many: train.world_size is a result param) are left out.
     keys = {f"train.{f.name}" for f in dataclasses.fields(config.TrainConfig)}
     for name in ("dense", "round"):
-        assert keys - set(config.STAGE_PARAMS[name]) == {"train.log_every", "train.checkpoint_seconds"}, name
+        assert keys - set(config.STAGE_PARAMS[name]) == {"train.log_every", "train.checkpoint_seconds", "train.nodes",
+                                                         "train.backend", "train.address"}, name
     # What determines no stage's outputs is in no list: the round list only for summarize, data.root
     # through data/raw.json (check), and nothing of pruning or controls for the dense round.
     for name, keys in config.STAGE_PARAMS.items():
