@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "kmnist", "mnist", "mnist1d", "svhn")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "imagenet", "kmnist", "mnist", "mnist1d", "svhn")
 # model -> the datasets it takes (lottery.models.INPUTS is this table; kept here, free of torch)
 _CONV = ("conv-2", "conv-4", "conv-6")
 MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,7 @@ MODEL_DATASETS: dict[str, tuple[str, ...]] = {
     **{f"{name}-dropout": ("cifar10",) for name in _CONV},
     "vgg-19": ("cifar10",),
     "resnet-20": ("cifar10",),
+    "resnet-50": ("imagenet", "imagefolder"),
 }
 MODELS = tuple(MODEL_DATASETS)
 OPTIMIZERS = ("adam", "sgd")
