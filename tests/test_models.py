@@ -310,6 +310,40 @@ def test_channels_last_on_cuda_for_conv_stacks_only_and_same_function():
     torch.testing.assert_close(nhwc, plain, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resnet50_runs_channels_last_in_bfloat16_on_cuda():
+    """What a round does on a GPU (models.to_device, bfloat16 autocast): NHWC activations, the default layout's
+    function within bfloat16's precision, and masked SGD steps (CUDA graph) that keep pruned weights zero."""
+    from lottery.runtime import configure_runtime
+    from lottery.training import autocast
+
+    dev = configure_runtime("cuda", "bfloat16")
+    model = models.build("resnet-50", [0], 10, (3, 64, 64))
+    plain = copy.deepcopy(model).to(dev).eval()
+    models.to_device(model, dev).eval()
+    assert model.channels_last and not plain.channels_last
+    seen = []
+    model.layer3[0].conv2.register_forward_hook(
+        lambda m, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.no_grad(), autocast(dev, "bfloat16"):
+        nhwc, nchw = model(x).float(), plain(x).float()
+    assert seen == [True]
+    torch.testing.assert_close(nhwc, nchw, rtol=0.05, atol=0.05 * float(nchw.abs().max()))
+    gen, splits = torch.Generator().manual_seed(1), {}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        splits[f"x_{split}"] = torch.randn(n, 3, 64, 64, generator=gen).to(dev)
+        splits[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen).to(dev)
+    data = TensorData(**splits)
+    mask = {k: m.to(dev) for k, m in half_mask(model).items()}
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, iterations=6, eval_every=3,
+                      log_every=0, batch_size=4, precision="bfloat16")
+    res = train(model, mask, data, cfg, order_seeds=[0], log=silent)
+    params = dict(model.named_parameters())
+    assert all((params[k].detach()[~m] == 0).all() for k, m in mask.items())
+    assert all(math.isfinite(v) for v in res.min_val_loss)
+
+
 # ---------------------------------------------------------------- the stacked layers against torch.nn
 
 
