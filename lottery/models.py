@@ -368,9 +368,10 @@ class ImageNetResNet(ConvStack):
     The input's channels come from `shape` (the data's example shape); its height and width from the batch
     (any size: the average pool makes the fc independent of it; 224 for ImageNet, 32 or 64 in tests).
     Init as torchvision's: convs Kaiming normal fan-out, BN weight 1 and bias 0, the fc nn.Linear's default.
-    The last BN of each block is not zero-initialised (torchvision's default, zero_init_residual=False, and
-    open_lth's): Goyal et al.'s trick steadies batches of 8K; the paper's setup trains at 1024 with warm-up
-    and does not use it, and an identity-initialised block would change what rewinding to θ0 rewinds to.
+    (open_lth's imagenet_resnet_50 re-initialises over its torchvision constructor: Kaiming normal fan-in for
+    convs and the fc weight, BN weights U(0, 1), as this module's CIFAR networks do.) The last BN of each block
+    is not zero-initialised: neither torchvision's default (zero_init_residual=False) nor open_lth does it;
+    Goyal et al. need it for batches of 8K, the preset trains at 1024 with a 5-epoch warm-up.
     """
 
     def __init__(self, n: int, layers: list[int], num_classes: int = 1000, shape=(3, 224, 224)):
