@@ -45,7 +45,7 @@ MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc rep
 PRECISIONS = ("float32", "tf32", "bfloat16")
 # Bounds of every size and count a typo can make endless or too large for memory: (smallest, largest). Real
 # studies stay far inside (the paper's LeNet: 50K iterations, batch 60, 5 trials; Frankle et al. 2020's ImageNet
-# ResNet-50: about 450K iterations at batch 1024); the table is docs/reliability.md's.
+# ResNet-50: 112K iterations at batch 1024, conf/experiment/imagenet-resnet50.yaml); the table is docs/reliability.md's.
 LIMITS: dict[str, tuple[int, int]] = {
     "seed": (0, 2**31 - 1),
     "trials": (1, 100),
