@@ -40,7 +40,7 @@ def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float
     y = torch.randint(0, 10, (len(x),), generator=g)
     x, y = x.to(dev), y.to(dev)
     data = TensorData(x, y, x[:8], y[:8], x[:8], y[:8])
-    model = models.build(cfg.model.name, list(range(n_nets))).to(dev)
+    model = models.to_device(models.build(cfg.model.name, list(range(n_nets))), dev)  # as a round: NHWC on CUDA
     # half of every prunable layer pruned, as in a round after r0 (masks change the step's work)
     mask = {k: (torch.rand(v.shape, generator=g) > 0.5).to(dev) for k, v in masks.ones(model, models.prunable(model)).items()}
     quiet = lambda *_: None  # noqa: E731

@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "kmnist", "mnist", "mnist1d", "svhn")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "imagenet", "kmnist", "mnist", "mnist1d", "svhn")
 # model -> the datasets it takes (lottery.models.INPUTS is this table; kept here, free of torch)
 _CONV = ("conv-2", "conv-4", "conv-6")
 MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,7 @@ MODEL_DATASETS: dict[str, tuple[str, ...]] = {
     **{f"{name}-dropout": ("cifar10",) for name in _CONV},
     "vgg-19": ("cifar10",),
     "resnet-20": ("cifar10",),
+    "resnet-50": ("imagenet", "imagefolder"),
 }
 MODELS = tuple(MODEL_DATASETS)
 OPTIMIZERS = ("adam", "sgd")
@@ -45,7 +46,7 @@ PRECISIONS = ("float32", "tf32", "bfloat16")
 BACKENDS = ("auto", "gloo", "nccl")  # train.backend (torch.distributed)
 # Bounds of every size and count a typo can make endless or too large for memory: (smallest, largest). Real
 # studies stay far inside (the paper's LeNet: 50K iterations, batch 60, 5 trials; Frankle et al. 2020's ImageNet
-# ResNet-50: about 450K iterations at batch 1024); the table is docs/reliability.md's.
+# ResNet-50: 112K iterations at batch 1024, conf/experiment/imagenet-resnet50.yaml); the table is docs/reliability.md's.
 LIMITS: dict[str, tuple[int, int]] = {
     "seed": (0, 2**31 - 1),
     "trials": (1, 100),

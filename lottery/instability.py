@@ -203,7 +203,8 @@ def curve(model: str | Callable[[int], nn.Module], state_a: dict[str, torch.Tens
         idx = torch.arange(start, min(start + stack, t * points))
         pairs, at = idx // points, alphas[idx % points]
         if nets is None or models.n_networks(nets) != len(idx):
-            nets = (models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))).to(device)
+            built = models.build(model, [0] * len(idx)) if isinstance(model, str) else model(len(idx))
+            nets = models.to_device(built, device)
         nets.load_state_dict(_mix(state_a, state_b, pairs, at))
         if bn == "recompute":
             recompute_bn(nets, (x for x, _ in islice(splits["train"].chunks(batch_size), bn_batches)))

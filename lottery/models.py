@@ -40,10 +40,12 @@ DROPOUT = 0.5  # rate of the `-dropout` variants of Conv-2/4/6
 
 
 def _normal_(w: torch.Tensor, i: int, gen: torch.Generator, scheme: str) -> None:
-    """Network i of a stacked weight (N, out, in, *kernel): Glorot or Kaiming (fan-in) normal."""
+    """Network i of a stacked weight (N, out, in, *kernel): Glorot, Kaiming (fan-in) or Kaiming fan-out
+    (`kaiming_fan_out`, torchvision's ResNet convolutions) normal."""
     rf = math.prod(w.shape[3:])
     fan_in, fan_out = w.shape[2] * rf, w.shape[1] * rf
-    std = math.sqrt(2.0 / (fan_in + fan_out)) if scheme == "glorot" else math.sqrt(2.0 / fan_in)
+    std = {"glorot": math.sqrt(2.0 / (fan_in + fan_out)), "kaiming": math.sqrt(2.0 / fan_in),
+           "kaiming_fan_out": math.sqrt(2.0 / fan_out)}[scheme]
     with torch.no_grad():
         w[i].normal_(0.0, std, generator=gen)
 
@@ -69,8 +71,15 @@ class StackedLinear(nn.Module):
         self.init_(i, gen, "glorot")
 
     def init_(self, i: int, gen: torch.Generator, scheme: str) -> None:
-        _normal_(self.weight, i, gen, scheme)
+        """`scheme` glorot or kaiming (normal, bias zero), or torch: nn.Linear's default (torchvision's fc),
+        weight and bias U(-1/sqrt(in), 1/sqrt(in))."""
         with torch.no_grad():
+            if scheme == "torch":
+                bound = 1.0 / math.sqrt(self.weight.shape[2])
+                self.weight[i].uniform_(-bound, bound, generator=gen)
+                self.bias[i].uniform_(-bound, bound, generator=gen)
+                return
+            _normal_(self.weight, i, gen, scheme)
             self.bias[i].zero_()
 
 
@@ -119,9 +128,13 @@ class StackedBatchNorm2d(nn.Module):
         return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
                             self.bias.view(-1), self.training, self.momentum, self.eps)
 
-    def init_(self, i: int, gen: torch.Generator) -> None:
+    def init_(self, i: int, gen: torch.Generator, uniform: bool = True) -> None:
+        """Weight U(0, 1) (open_lth) or 1 (`uniform=False`, torchvision), bias 0, fresh running statistics."""
         with torch.no_grad():
-            self.weight[i].uniform_(0.0, 1.0, generator=gen)
+            if uniform:
+                self.weight[i].uniform_(0.0, 1.0, generator=gen)
+            else:
+                self.weight[i].fill_(1.0)
             self.bias[i].zero_()
             self.running_mean[i].zero_()
             self.running_var[i].fill_(1.0)
@@ -138,6 +151,37 @@ def to_grouped(x: torch.Tensor, n: int, shape: tuple[int, ...]) -> torch.Tensor:
 def from_grouped(x: torch.Tensor, n: int) -> torch.Tensor:
     """(B, N*C, ...) -> (N, B, C*...): per network, features flattened in (C, H, W) order."""
     return x.reshape(x.shape[0], n, -1).transpose(0, 1)
+
+
+class ConvStack(nn.Module):
+    """Base of the convolutional stacks: `grouped` is their entry into the grouped layout, channels-last
+    when `channels_last` is set (`to_device` sets it on CUDA: NHWC activations feed cuDNN's tensor-core
+    kernels without a transpose; the result is the same up to floating-point order)."""
+
+    n: int
+    shape: tuple[int, ...]
+    channels_last: bool = False
+
+    def grouped(self, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        x = to_grouped(x, self.n, shape or self.shape)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether `model` runs channels-last on `device`: a convolutional stack on CUDA; everything else keeps
+    the default layout (on CPU it brings nothing to these stacks)."""
+    return device.type == "cuda" and isinstance(model, ConvStack)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a stack to the device it trains on, in the memory format it runs best there (`channels_last`).
+
+    Only the activations change layout: the stacked 5-d conv weights keep theirs (cuDNN takes their
+    4-d views as they are), so checkpoints, masks and the optimizer state are the same on every device."""
+    model.to(device)
+    if isinstance(model, ConvStack):
+        model.channels_last = channels_last(model, device)
+    return model
 
 
 def _init(model: nn.Module, i: int, seed: int, scheme: str) -> None:
@@ -193,7 +237,7 @@ def _conv_plan(x: torch.Tensor, plan: list, block) -> torch.Tensor:
     return x
 
 
-class ConvNet(nn.Module):
+class ConvNet(ConvStack):
     """Conv-2/4/6: 3x3 convs (padding 1) + ReLU, 'M' = 2x2 max-pool, then ReLU fc layers and the output layer."""
 
     def __init__(self, n: int, plan: list, fc: list[int], dropout: float = 0.0, shape=CIFAR_SHAPE):
@@ -210,14 +254,14 @@ class ConvNet(nn.Module):
         self.fcs = _fc_stack(n, [c * hw * hw, *fc])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _conv_plan(to_grouped(x, self.n, self.shape), self.plan, lambda j, x: torch.relu(self.convs[j](x)))
+        x = _conv_plan(self.grouped(x), self.plan, lambda j, x: torch.relu(self.convs[j](x)))
         return _fc_forward(self.fcs, from_grouped(x, self.n), self.dropout, self.training)
 
     def init_(self, i: int, seed: int) -> None:
         _init(self, i, seed, "glorot")
 
 
-class VGG(nn.Module):
+class VGG(ConvStack):
     """CIFAR VGG (open_lth cifar_vgg): 3x3 conv (no bias) + BN + ReLU, 'M' = 2x2 max-pool, average pool, fc."""
 
     def __init__(self, n: int, plan: list, outputs: int = 10, shape=CIFAR_SHAPE):
@@ -233,8 +277,7 @@ class VGG(nn.Module):
         self.fc = StackedLinear(n, c, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _conv_plan(to_grouped(x, self.n, self.shape), self.plan,
-                       lambda j, x: torch.relu(self.bns[j](self.convs[j](x))))
+        x = _conv_plan(self.grouped(x), self.plan, lambda j, x: torch.relu(self.bns[j](self.convs[j](x))))
         x = x.mean((2, 3))  # the final 2x2 -> 1x1 average pool (open_lth: AvgPool2d(2))
         return self.fc(from_grouped(x, self.n))
 
@@ -264,7 +307,7 @@ class Block(nn.Module):
         return torch.relu(out + short)
 
 
-class ResNet(nn.Module):
+class ResNet(ConvStack):
     """CIFAR ResNet (He et al. 2016; open_lth cifar_resnet): conv3x3 + BN + ReLU, stages of basic blocks
     (stride 2 at the first block of every stage but the first), global average pool, fc."""
 
@@ -283,12 +326,86 @@ class ResNet(nn.Module):
         self.fc = StackedLinear(n, c, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.conv(to_grouped(x, self.n, self.shape))))
+        x = torch.relu(self.bn(self.conv(self.grouped(x))))
         x = self.blocks(x).mean((2, 3))
         return self.fc(from_grouped(x, self.n))
 
     def init_(self, i: int, seed: int) -> None:
         _init(self, i, seed, "kaiming")
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet v1.5: the stride on the 3x3 conv): 1x1 conv to `width`, 3x3 conv, 1x1
+    conv to 4 x `width`, each with BN (ReLU after the first two), plus the shortcut (1x1 conv + BN, `downsample`,
+    on a shape change), ReLU. Module names are torchvision's, so are the state-dict keys."""
+
+    expansion = 4
+
+    def __init__(self, n: int, c_in: int, width: int, stride: int):
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = StackedConv2d(n, c_in, width, 1, 1, 0, bias=False)
+        self.bn1 = StackedBatchNorm2d(n, width)
+        self.conv2 = StackedConv2d(n, width, width, 3, stride, 1, bias=False)
+        self.bn2 = StackedBatchNorm2d(n, width)
+        self.conv3 = StackedConv2d(n, width, c_out, 1, 1, 0, bias=False)
+        self.bn3 = StackedBatchNorm2d(n, c_out)
+        self.downsample = (nn.Sequential(StackedConv2d(n, c_in, c_out, 1, stride, 0, bias=False),
+                                         StackedBatchNorm2d(n, c_out)) if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ImageNetResNet(ConvStack):
+    """ImageNet ResNet (He et al. 2016; torchvision's resnet50 = ResNet v1.5, open_lth imagenet_resnet_50):
+    7x7/2 conv + BN + ReLU, 3x3/2 max-pool, four stages of bottleneck blocks of widths 64/128/256/512 (x4),
+    stride 2 at the first block of every stage but the first, global average pool, fc to the classes.
+
+    The input's channels come from `shape` (the data's example shape); its height and width from the batch
+    (any size: the average pool makes the fc independent of it; 224 for ImageNet, 32 or 64 in tests).
+    Init as torchvision's: convs Kaiming normal fan-out, BN weight 1 and bias 0, the fc nn.Linear's default.
+    (open_lth's imagenet_resnet_50 re-initialises over its torchvision constructor: Kaiming normal fan-in for
+    convs and the fc weight, BN weights U(0, 1), as this module's CIFAR networks do.) The last BN of each block
+    is not zero-initialised: neither torchvision's default (zero_init_residual=False) nor open_lth does it;
+    Goyal et al. need it for batches of 8K, the preset trains at 1024 with a 5-epoch warm-up.
+    """
+
+    def __init__(self, n: int, layers: list[int], num_classes: int = 1000, shape=(3, 224, 224)):
+        super().__init__()
+        self.n, self.shape = n, tuple(shape)
+        self.conv1 = StackedConv2d(n, shape[0], 64, 7, 2, 3, bias=False)
+        self.bn1 = StackedBatchNorm2d(n, 64)
+        c = 64
+        for s, depth in enumerate(layers):
+            width = 64 * 2**s
+            blocks = []
+            for b in range(depth):
+                blocks.append(Bottleneck(n, c, width, 2 if s > 0 and b == 0 else 1))
+                c = width * Bottleneck.expansion
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.stages = len(layers)
+        self.fc = StackedLinear(n, c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N|1, B, C, H, W)
+        x = torch.relu(self.bn1(self.conv1(self.grouped(x, tuple(x.shape[2:]) if x.dim() == 5 else None))))
+        x = F.max_pool2d(x, 3, 2, 1)
+        for s in range(self.stages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        return self.fc(from_grouped(x.mean((2, 3)), self.n))
+
+    def init_(self, i: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, StackedConv2d):
+                m.init_(i, gen, "kaiming_fan_out")
+            elif isinstance(m, StackedBatchNorm2d):
+                m.init_(i, gen, uniform=False)
+            elif isinstance(m, StackedLinear):
+                m.init_(i, gen, "torch")
 
 
 CONV_PLANS = {
@@ -306,19 +423,25 @@ REGISTRY = {
        for name, plan in CONV_PLANS.items()},
     "vgg-19": lambda n: VGG(n, VGG19),
     "resnet-20": lambda n: ResNet(n, [(16, 3), (32, 3), (64, 3)]),
+    "resnet-50": lambda n, num_classes=1000, shape=(3, 224, 224): ImageNetResNet(n, [3, 4, 6, 3], num_classes, shape),
 }
+SIZED = ("resnet-50",)  # registry networks sized by the data (classes, input channels); the others are fixed
 
 
-def build(name: str, seeds: list[int], num_classes: int = 10, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+def build(name: str, seeds: list[int], num_classes: int | None = None,
+          input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """A stack of len(seeds) networks, network i initialised from seeds[i].
 
-    A registry name builds the hand-stacked network (its input and output sizes are fixed); an
-    import path 'package.module:factory' stacks the factory's module (`lottery.generic`), which is
-    offered `num_classes` and `input_shape` (one example's shape, e.g. (1, 28, 28)).
+    A registry name builds the hand-stacked network: its input and output sizes are fixed, except those of
+    `SIZED` (resnet-50), built for `num_classes` and `input_shape` (default ImageNet's: 1000, (3, 224, 224)).
+    An import path 'package.module:factory' stacks the factory's module (`lottery.generic`), which is offered
+    `num_classes` (default 10) and `input_shape` (one example's shape, e.g. (1, 28, 28)).
     """
     if is_import_path(name):
-        return generic.build(generic.load_factory(name), seeds, num_classes, tuple(input_shape or ()))
-    model = REGISTRY[name](len(seeds))
+        return generic.build(generic.load_factory(name), seeds, 10 if num_classes is None else num_classes,
+                             tuple(input_shape or ()))
+    sizes = {k: v for k, v in (("num_classes", num_classes), ("shape", input_shape)) if v is not None}
+    model = REGISTRY[name](len(seeds), **(sizes if name in SIZED else {}))
     for i, s in enumerate(seeds):
         model.init_(i, s)
     return model

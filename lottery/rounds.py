@@ -110,7 +110,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
         data = load_prepared(data_path, device, prepared_params(cfg))
-        model.to(device)
+        models.to_device(model, device)
         log(f"[init] training {len(seeds)} dense network(s) to iteration {k} (the rewind point θk)")
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
         train(model, {n: m.to(device) for n, m in mask.items()}, data, head, order_seeds=seeds, label="init",
@@ -272,7 +272,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device, prepared_params(cfg))
     stack = build_stack(cfg, name, prev, runs, data, log)
-    stack.model.to(device)
+    models.to_device(stack.model, device)
     dry_check(cfg, stack.model, data)
     dev_mask = {key: m.to(device) for key, m in stack.mask.items()}
     subset = _instability_subset(cfg, len(data.train))  # bad input stops the round before training

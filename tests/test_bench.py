@@ -24,3 +24,15 @@ def test_train_step_benchmark_prints_its_table_and_reports_a_failed_case():
         assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
     assert rows[0][4] == "1.00x"  # the plain loop is the baseline
     assert "paper's full LeNet figure" in out and "of validation" in out and "stage start-up" in out
+
+
+
+def test_resnet50_benchmark_times_a_masked_training_step(monkeypatch, capsys):
+    # in this process (no second torch import), tiny: 32x32 images, batch 2, one timed step
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["resnet50.py", "--batch", "2", "--image-size", "32", "--steps", "1", "--warmup", "1"])
+    runpy.run_path(str(ROOT / "benchmarks/resnet50.py"), run_name="__main__")
+    head, rate = capsys.readouterr().out.splitlines()[:2]
+    assert head.startswith("resnet-50 training step  CPU") and "float32  batch 2  32x32" in head
+    assert float(rate.split()[0].replace(",", "")) > 0 and rate.split()[1] == "images/s"

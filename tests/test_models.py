@@ -21,6 +21,8 @@ CIFAR = ["conv-2", "conv-4", "conv-6", "vgg-19", "resnet-20"]
 #   conv-4: + 64*128*9 + 128*128*9, fc in 8*8*128;  conv-6: + 128*256*9 + 256*256*9, fc in 4*4*256
 #   vgg-19: 16 convs (20,018,880) + 512*10
 #   resnet-20: 3*16*9 + 6*16*16*9 + (16*32*9 + 5*32*32*9 + 16*32) + (32*64*9 + 5*64*64*9 + 32*64) + 64*10
+#   resnet-50: 53 convs (23,454,912) + fc 2048*1000; torchvision's 25,557,032 parameters less BatchNorm's
+#              53,120 and the fc bias's 1,000 (test_resnet50_equals_torchvision_with_the_same_weights)
 COUNTS = {
     "lenet-300-100": 266_200,
     "mlp-mnist1d": 15_000,
@@ -29,6 +31,7 @@ COUNTS = {
     "conv-6": 2_261_184,
     "vgg-19": 20_024_000,
     "resnet-20": 270_896,
+    "resnet-50": 25_502_912,
 }
 # Frankle & Carbin (2019), Figure 2. Conv-6 is listed there as 1.7M, which its own architecture
 # (64,64,pool,128,128,pool,256,256,pool; fc 256,256,10 on 4x4x256) does not give: 2.26M. Its
@@ -93,6 +96,7 @@ def test_every_registered_model_has_its_datasets_and_config_knows_it():
     assert models.INPUTS["mlp-mnist1d"] == ("mnist1d",)
     for name in CIFAR + ["conv-2-dropout", "conv-4-dropout", "conv-6-dropout"]:
         assert models.INPUTS[name] == ("cifar10",)
+    assert models.INPUTS["resnet-50"] == ("imagenet", "imagefolder")
     assert all(set(v) <= set(config.DATASETS) for v in models.INPUTS.values())
 
 
@@ -217,6 +221,127 @@ def test_masked_training_keeps_pruned_conv_weights_zero(name):
         w = params[k].detach()
         assert (w[~m] == 0).all(), f"{k}: pruned weights revived"
         assert (w[m] != 0).float().mean() > 0.99, k
+
+
+# ---------------------------------------------------------------- ResNet-50 (ImageNet) against torchvision
+
+
+def _torchvision_resnet50(num_classes: int = 1000):
+    """torchvision's resnet50 with random weights and random BatchNorm statistics (so eval mode tests them)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(num_classes=num_classes)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+                m.running_mean.normal_(0.0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return tv
+
+
+def test_resnet50_equals_torchvision_with_the_same_weights():
+    """One network of the stack holding torchvision's weights computes torchvision's function: outputs in train
+    mode (batch statistics) and eval mode (running ones), gradients, and the running-statistics update. Same
+    module names, so the same state-dict keys; 25,557,032 parameters for 1000 classes."""
+    tv = _torchvision_resnet50()
+    ours = models.build("resnet-50", [0], 1000, (3, 64, 64))
+    theirs = {k: v for k, v in tv.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert set(ours.state_dict()) == set(theirs)
+    assert sum(p[0].numel() for p in ours.parameters()) == sum(p.numel() for p in tv.parameters()) == 25_557_032
+    ours.load_state_dict({k: v.reshape(ours.state_dict()[k].shape) for k, v in theirs.items()})
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+    out_tv, out = tv(x), ours(x[None])
+    assert out.shape == (1, 2, 1000)
+    torch.testing.assert_close(out[0], out_tv, rtol=1e-4, atol=1e-4)
+    out_tv.square().sum().backward()
+    out.square().sum().backward()
+    for k in ("conv1.weight", "layer2.0.downsample.0.weight", "layer4.2.bn3.weight", "fc.weight"):
+        g_tv, g = dict(tv.named_parameters())[k].grad, dict(ours.named_parameters())[k].grad[0]
+        torch.testing.assert_close(g.reshape(g_tv.shape), g_tv, rtol=1e-3, atol=1e-3 * float(g_tv.abs().max()))
+    for k in ("bn1.running_mean", "layer3.5.bn2.running_var"):  # one momentum step from the same statistics
+        torch.testing.assert_close(ours.state_dict()[k][0], tv.state_dict()[k], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x[None])[0], tv.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet50_takes_its_sizes_from_the_data_and_is_initialised_like_torchvision():
+    small = models.build("resnet-50", [0], 10, (1, 32, 32))  # classes and channels from the data
+    assert small.conv1.weight.shape == (1, 64, 1, 7, 7) and small.fc.weight.shape == (1, 10, 2048)
+    with torch.no_grad():
+        assert small(torch.randn(1, 2, 1, 32, 32)).shape == (1, 2, 10)
+        assert small(torch.randn(1, 2, 1, 48, 40)).shape == (1, 2, 10)  # any image size: global average pool
+    names, kinds = models.prunable(small), models.kinds(small)
+    assert len(names) == 54 and list(kinds.values()) == ["conv"] * 53 + ["output"] and names[-1] == "fc.weight"
+    assert "layer1.0.downsample.0.weight" in names and not any("bn" in k or "bias" in k for k in names)
+    sd = models.build("resnet-50", [0]).state_dict()  # no sizes given: ImageNet's
+    assert sd["fc.weight"].shape == (1, 1000, 2048) and sd["conv1.weight"].shape == (1, 64, 3, 7, 7)
+    w = sd["layer3.0.conv2.weight"][0]  # 256 -> 256, 3x3: Kaiming normal fan-out, std sqrt(2 / (256 * 9))
+    assert float(w.std()) == pytest.approx(math.sqrt(2.0 / (256 * 9)), rel=0.02)
+    w = sd["layer4.0.conv1.weight"][0]  # 1024 -> 512, 1x1: the fan-out (512), not the fan-in (1024)
+    assert float(w.std()) == pytest.approx(math.sqrt(2.0 / 512), rel=0.02)
+    bn = [k for k in sd if "bn" in k or "downsample.1" in k]
+    assert all((sd[k] == 1).all() for k in bn if k.endswith(("weight", "running_var")))
+    assert not any(sd[k].any() for k in bn if k.endswith(("bias", "running_mean")))  # no zero-init of bn3
+    bound = 1 / math.sqrt(2048)  # nn.Linear's default
+    assert sd["fc.weight"].abs().max() <= bound and sd["fc.bias"].abs().max() <= bound and sd["fc.bias"].std() > 0
+
+
+def test_channels_last_on_cuda_for_conv_stacks_only_and_same_function():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert models.channels_last(models.build("resnet-50", [0], 10, (3, 32, 32)), cuda)
+    assert all(models.channels_last(models.REGISTRY[n](1), cuda) for n in CIFAR)
+    assert not models.channels_last(models.build("lenet-300-100", [0]), cuda)
+    net = models.to_device(models.build("resnet-20", [0, 1]), cpu)  # CPU: unchanged
+    assert not net.channels_last and not models.channels_last(net, cpu)
+    x = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = []
+    net.blocks[0].conv1.register_forward_hook(
+        lambda m, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        plain = net(x)
+        net.channels_last = True  # what to_device sets on CUDA; the layout works on CPU too
+        nhwc = net(x)
+    assert seen == [False, True]
+    torch.testing.assert_close(nhwc, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resnet50_runs_channels_last_in_bfloat16_on_cuda():
+    """What a round does on a GPU (models.to_device, bfloat16 autocast): NHWC activations, the default layout's
+    function within bfloat16's precision, and masked SGD steps (CUDA graph) that keep pruned weights zero."""
+    from lottery.runtime import configure_runtime
+    from lottery.training import autocast
+
+    dev = configure_runtime("cuda", "bfloat16")
+    model = models.build("resnet-50", [0], 10, (3, 64, 64))
+    plain = copy.deepcopy(model).to(dev).eval()
+    models.to_device(model, dev).eval()
+    assert model.channels_last and not plain.channels_last
+    seen = []
+    model.layer3[0].conv2.register_forward_hook(
+        lambda m, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.no_grad(), autocast(dev, "bfloat16"):
+        nhwc, nchw = model(x).float(), plain(x).float()
+    assert seen == [True]
+    torch.testing.assert_close(nhwc, nchw, rtol=0.05, atol=0.05 * float(nchw.abs().max()))
+    gen, splits = torch.Generator().manual_seed(1), {}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        splits[f"x_{split}"] = torch.randn(n, 3, 64, 64, generator=gen).to(dev)
+        splits[f"y_{split}"] = torch.randint(0, 10, (n,), generator=gen).to(dev)
+    data = TensorData(**splits)
+    mask = {k: m.to(dev) for k, m in half_mask(model).items()}
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, iterations=6, eval_every=3,
+                      log_every=0, batch_size=4, precision="bfloat16")
+    res = train(model, mask, data, cfg, order_seeds=[0], log=silent)
+    params = dict(model.named_parameters())
+    assert all((params[k].detach()[~m] == 0).all() for k, m in mask.items())
+    assert all(math.isfinite(v) for v in res.min_val_loss)
 
 
 # ---------------------------------------------------------------- the stacked layers against torch.nn

@@ -72,3 +72,21 @@ def test_each_stage_lists_exactly_the_params_of_its_table_entry():
     # (prune.layers / prune.ignore only say which weights are prunable: the keys of the dense round's mask)
     assert [k for k in config.STAGE_PARAMS["dense"] if k.startswith("prune") or k == "controls"] == [
         "prune.layers", "prune.ignore"]
+
+
+def test_imagenet_resnet50_preset_is_frankle_et_al_2020s_setup(tmp_path):
+    # Linear Mode Connectivity and the LTH (Table 1) / open_lth's imagenet_resnet_50, in iterations of
+    # (1,281,167 - data.validation) / 1024 images: 90 epochs, warm-up 5, drops at 30, 60, 80, rewind to 6.
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / "hydra_plugins", tmp_path / "hydra_plugins")
+    cfg = config.load(compose(["experiment=imagenet-resnet50"], tmp_path))
+    assert (cfg.model.name, cfg.data.dataset, cfg.data.augment) == ("resnet-50", "imagenet", True)
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.lr_gamma) == ("sgd", 0.4, 0.9, 1e-4, 1024, 0.1)
+    assert (t.device, t.precision) == ("cuda", "bfloat16")
+    per_epoch = (1_281_167 - cfg.data.validation) / t.batch_size
+    assert [t.iterations, t.warmup, *t.lr_drops, cfg.rewind.iteration, t.eval_every] == [
+        round(e * per_epoch) for e in (90, 5, 30, 60, 80, 6, 1)]
+    assert cfg.rewind.to == "iteration" and 0 < cfg.rewind.iteration < t.lr_drops[0]
+    p = cfg.prune
+    assert (p.strategy, p.global_kinds, p.rate, p.output_rate, p.criterion) == ("global", ["conv"], 0.2, 0.0, "magnitude")
