@@ -55,6 +55,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "data.train_subset": (0, 100_000_000),
     "train.batch_size": (1, 65_536),
     "train.world_size": (1, 4_096),
+    "train.stack": (0, 10_000),
     "train.nodes": (1, 1_024),
     "train.iterations": (1, 10_000_000),
     "train.eval_every": (1, 10_000_000),
@@ -126,6 +127,9 @@ class TrainConfig:
     log_every: int = _help("print a progress line every N iterations, and at least every 10% of the round "
                                 "and every 30 s (0 = none)", 500)
     checkpoint_seconds: float = _help("save a resume point every N seconds of a round (crash-safe; not a result param)", 120.0)
+    stack: int = _help("networks trained together in one stack (0 = all of the round's trials and controls at once, "
+                       "fastest for small networks); fewer train group after group, e.g. 1 for a ResNet-50 per "
+                       "process group", 0)
     world_size: int = _help("processes that train one round together (data parallel, DistributedDataParallel): each "
                             "takes batch_size / world_size rows of every batch (batch_size stays the global batch)", 1)
     nodes: int = _help("machines the world_size processes spread over (> 1: through Ray Train on the Ray cluster "
@@ -245,7 +249,7 @@ def predecessor(prune: PruneConfig, name: str) -> str | None:
 # covered by data/raw.json, the raw files' digests `check` records for `prepare`.
 _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
              "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
-             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "data.augment"]
+             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "train.stack", "data.augment"]
 # The run's settings that metrics/report.md lists (and the figures' subtitle): summarize reads them, so they are
 # among its params and a change to one reruns it; the report never shows settings of another run.
 REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",

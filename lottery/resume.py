@@ -1,4 +1,5 @@
-"""Resume points of interrupted rounds: `<resume dir>/<round>-<digest>.pt`, at most one per round.
+"""Resume points of interrupted rounds: `<resume dir>/<round>-<digest>.pt`, at most one per round, and the
+finished groups of networks of a round trained group by group (train.stack): `<round>.g<group>-<digest>.pt`.
 
 Torch-free: the `check` stage sweeps the folder on every `dvc repro` and `dvc exp run`. The loop state
 itself is saved and restored by `lottery.training` (the digest covers the training's inputs, so a resume
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-POINT = re.compile(r"(r\d+)-[0-9a-f]+\.pt")
+POINT = re.compile(r"(r\d+)(\.g\d+)?-[0-9a-f]+\.pt")
 
 
 def point(folder: Path, label: str, digest: str) -> Path:
@@ -20,6 +21,11 @@ def point(folder: Path, label: str, digest: str) -> Path:
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+def group(folder: Path, label: str, index: int, digest: str) -> Path:
+    """The file of group `index` of round `label`, trained from inputs `digest`: kept until the round is done."""
+    return Path(folder) / f"{label}.g{index}-{digest}.pt"
 
 
 def sweep(folder: Path, runs: Path) -> list[Path]:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, generic, instability, masks, models, pruning, saliency
+from . import artifacts, distributed, generic, instability, masks, models, pruning, resume, saliency
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params
 from .runtime import one_thread, resolve_device
-from .training import train
+from .training import Result, digest, train
 
 
 def trial_seeds(cfg: Config) -> list[int]:
@@ -281,9 +281,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     t0 = time.perf_counter()
     if started is not None:
         log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
-    result = train(stack.model, dev_mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, log=log,
-                   resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds,
-                   start=stack.start, constant_lr=stack.constant_lr, augment=cfg.data.augment)
+    result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs))
     seconds = time.perf_counter() - t0
     if not distributed.is_main():  # rank 0 of a data-parallel round writes the round
         return {}
@@ -304,6 +302,43 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
             f"early stop {sum(r['early_stop_iteration'] for r in rows) / len(rows):.0f}")
     log(f"[{name}] trained in {seconds:.1f}s")
     return metrics
+
+
+def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, name: str, log=print,
+                 resume_dir: Path | None = None, io=None) -> Result:
+    """Train the round's networks (`stack`, in place): all at once, or `train.stack` at a time, group after group.
+
+    Every network of a stack trains on its own, so a group trains as it would in the whole stack (the same up to
+    the order of float sums in batched kernels). A finished group is kept in `resume_dir` until the round is
+    done (`resume.group`), so an interrupted round resumes at the group it was training."""
+    n, size = len(stack.order_seeds), cfg.train.stack or len(stack.order_seeds)
+    kw = dict(log=log, resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds, start=stack.start,
+              constant_lr=stack.constant_lr, augment=cfg.data.augment)
+    if size >= n:
+        return train(stack.model, mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, **kw)
+    state, parts = stack.model.state_dict(), []
+    for g, lo in enumerate(range(0, n, size)):
+        rows = slice(lo, min(lo + size, n))
+        seeds = stack.order_seeds[rows]
+        net = build_model(cfg, stack.init_seeds[rows], io).to(data.device)
+        net.load_state_dict({k: v[rows] for k, v in state.items()})
+        net_mask = {k: m[rows] for k, m in mask.items()}
+        done = resume_dir and resume.group(resume_dir, name, g, digest(net, net_mask, cfg.train, seeds, len(data.train)))
+        if done and done.is_file():
+            kept = torch.load(done, map_location=data.device, weights_only=True)
+            net.load_state_dict(kept["state"])
+            result = Result(**kept["result"])
+            log(f"[{name}] networks {lo}-{rows.stop - 1} of {n}: trained before, read from {done}")
+        else:
+            log(f"[{name}] networks {lo}-{rows.stop - 1} of {n} (train.stack={size})")
+            result = train(net, net_mask, data, cfg.train, order_seeds=seeds, label=name, **kw)
+            if done and distributed.is_main():
+                artifacts.atomic_save({"state": net.state_dict(), "result": dataclasses.asdict(result)}, done)
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                state[k][rows] = v
+        parts.append(result)
+    return Result.concat(parts)
 
 
 def _instability_subset(cfg: Config, n_train: int) -> torch.Tensor | None:

@@ -39,6 +39,16 @@ class Result:
     min_val_loss: list[float]
     curve: list[dict]  # one row per evaluation: iteration, val_loss[N], val_acc[N]
 
+    @staticmethod
+    def concat(parts: list[Result]) -> Result:
+        """The result of one stack from those of its consecutive groups of networks (same schedule)."""
+        def join(rows: tuple[dict, ...]) -> dict:
+            return {"iteration": rows[0]["iteration"], **{k: [v for r in rows for v in r[k]] for k in ("val_loss", "val_acc")}}
+
+        lists = {f: [v for r in parts for v in getattr(r, f)] for f in
+                 ("early_stop_iteration", "test_accuracy", "final_test_accuracy", "min_val_loss")}
+        return Result(**lists, curve=[join(rows) for rows in zip(*(r.curve for r in parts))])
+
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Learning rate of iteration `it` (1-based): linear warm-up, then a drop at each of `lr_drops`."""
@@ -46,7 +56,7 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.lr * warm * cfg.lr_gamma ** sum(it > d for d in cfg.lr_drops)
 
 
-def _digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int, extra=()) -> str:
+def digest(model: nn.Module, mask: Mask, cfg: TrainConfig, order_seeds: list[int], n_train: int, extra=()) -> str:
     """Identity of a training run: its starting weights, masks, hyper-parameters and data orders."""
     h = hashlib.sha256(repr((sorted(vars(cfg).items()), list(order_seeds), n_train, extra)).encode())
     for t in [*model.state_dict().values(), *mask.values()]:
@@ -168,8 +178,8 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
-    digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
-    scratch = resume.point(resume_dir, label, digest) if resume_dir else None
+    inputs = digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
+    scratch = resume.point(resume_dir, label, inputs) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
     # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
     every, last_line = min(cfg.log_every, -(-cfg.iterations // 10)), time.monotonic()

@@ -73,8 +73,14 @@ def test_an_endless_job_is_refused_by_check_before_any_stage_runs(repo):
 def test_resume_points_are_one_per_round(tmp_path):
     (tmp_path / "r1-aaaa.pt").write_bytes(b"old inputs")
     (tmp_path / "r10-aaaa.pt").write_bytes(b"another round")
+    (tmp_path / "r1.g0-cccc.pt").write_bytes(b"a finished group of r1 (train.stack)")
     assert resume.point(tmp_path, "r1", "bbbb") == tmp_path / "r1-bbbb.pt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r10-aaaa.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1.g0-cccc.pt", "r10-aaaa.pt"]
+    runs = tmp_path / "runs"
+    assert resume.sweep(tmp_path, runs) == []  # r1 and r10 unfinished: their files stay
+    (runs / "r1").mkdir(parents=True)
+    (runs / "r1" / "metrics.json").write_text("{}")
+    assert resume.sweep(tmp_path, runs) == [tmp_path / "r1.g0-cccc.pt"]  # r1 done: its groups go
 
 
 def test_a_resume_point_is_swept_once_its_round_is_restored_from_the_run_cache(template, tmp_path):

@@ -84,6 +84,7 @@ def test_imagenet_resnet50_preset_is_frankle_et_al_2020s_setup(tmp_path):
     t = cfg.train
     assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.lr_gamma) == ("sgd", 0.4, 0.9, 1e-4, 1024, 0.1)
     assert (t.device, t.precision, t.world_size, t.batch_size // t.world_size) == ("cuda", "bfloat16", 8, 128)
+    assert t.stack == 1
     per_epoch = (1_281_167 - cfg.data.validation) / t.batch_size
     assert [t.iterations, t.warmup, *t.lr_drops, cfg.rewind.iteration, t.eval_every] == [
         round(e * per_epoch) for e in (90, 5, 30, 60, 80, 6, 1)]
