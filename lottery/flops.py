@@ -1,6 +1,6 @@
 """Compute accounting: what each network of a round costs to train, and what a ticket cost to reach its sparsity.
 
-Counting (RigL's convention, Evci et al. 2020, "Rigging the Lottery", Appendix H):
+Counting (RigL's convention: Evci et al. 2020, "Rigging the Lottery", and DESIGN.md section 7):
   forward multiply-adds per example of one network = the sum over its linear and convolutional layers of
       (weights kept by its mask) x (output positions: 1 for a fully-connected layer on one vector, H'·W' for a
       2-d convolution's output map, the positions of the extra dimensions for a Linear on a sequence);
@@ -9,14 +9,14 @@ Counting (RigL's convention, Evci et al. 2020, "Rigging the Lottery", Appendix H
       SynFlow: a few batches) are not counted: they do not scale with the kept weights.
   training FLOPs of one iteration = 3 x forward multiply-adds x batch size: the forward, and a backward of
       about twice the forward (the gradient of the inputs and that of the kept weights).
-  A multiply-add counts as one operation here. RigL's tables count it as two (a multiply and an add, the
-  MicroNet counter), so their absolute FLOPs are twice ours for the same network; ratios are the same.
+  A multiply-add counts as one operation here. RigL's tables count a multiply and an add as two FLOPs, so
+  their absolute numbers are twice ours for the same network; ratios between variants are the same.
 
 The output positions are measured, not written per model: forward hooks on every linear and convolutional
 layer of one network, run on one example of the data's shape (`positions`).
 
-What a ticket cost (`cumulative`): every network's own training, plus the trainings whatever it starts from
-needs. A round records, besides each network's own `iterations` and `train_flops`, where its two inputs come
+What a network cost to reach (`cumulative`): its own training, plus every training its mask and its start
+weights needed, each counted once. A round records, besides each network's own `iterations` and `train_flops`, where its two inputs come
 from (`sources`): `mask`, the round whose trained ticket the ticket mask was pruned from (`init` when it scores
 the rewind point: `prune.at: init`; none for the dense round r0), and `start`, the weights the networks are
 rewound to (`init`: θ0, or θk with `rewind.to: iteration`; the previous round's trained ticket with
