@@ -87,12 +87,13 @@ def _networks(model: nn.Module) -> int:
     return next(model.parameters()).shape[0]
 
 
-def forward_macs(model: nn.Module, mask: dict[str, torch.Tensor], example_shape: tuple[int, ...]) -> list[int]:
+def forward_macs(model: nn.Module, mask: dict[str, torch.Tensor], where: dict[str, int]) -> list[int]:
     """Forward multiply-adds per example of each network of the stack: per linear and convolutional layer, the
-    weights `mask` keeps (every weight of a layer it does not name) times the layer's output positions."""
+    weights `mask` keeps (every weight of a layer it does not name: {} counts the dense network) times the layer's
+    output positions `where` (`positions(model, example_shape)`)."""
     n, params = _networks(model), dict(model.named_parameters())
     total = [0] * n
-    for name, per in positions(model, example_shape).items():
+    for name, per in where.items():
         w = params[name]
         kept = mask[name].flatten(1).sum(1).tolist() if name in mask else [w[0].numel()] * n
         total = [t + int(k) * per for t, k in zip(total, kept)]

@@ -347,13 +347,13 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
     remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
     order = [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
     k, batch, iterations = round_index(name), cfg.train.batch_size, cfg.train.iterations - stack.start
-    macs = flops.forward_macs(stack.model, mask, example_shape)
+    where = flops.positions(stack.model, example_shape)
+    macs = flops.forward_macs(stack.model, mask, where)
     pooled = k > 0 and "random" in stack.variants and \
         len(pruning.plan(cfg.prune, models.kinds(stack.model, cfg.prune.layers, cfg.prune.ignore), k).pooled) > 1
     cost = {"sources": flops.sources(k, prev, cfg.prune.at, cfg.rewind.to, pooled, stack.variants),
             "init": {"iterations": stack.start,  # θk: the dense network trained k iterations (once per trial)
-                     "train_flops": flops.train_flops(flops.forward_macs(stack.model, {}, example_shape)[0], batch,
-                                                      stack.start)}}
+                     "train_flops": flops.train_flops(flops.forward_macs(stack.model, {}, where)[0], batch, stack.start)}}
     networks = [{
         "variant": v, "trial": t, "seed": seeds[t], "init_seed": stack.init_seeds[i], "mask_seed": stack.mask_seeds[i],
         "weights_remaining": round(float(remaining[i]), 4),

@@ -25,10 +25,11 @@ def _mask_keeping(model: nn.Module, counts: dict[str, list[int]]) -> dict[str, t
 
 def test_lenet_dense_and_masked_multiply_adds():
     model = models.build("lenet-300-100", [0, 1, 2])
-    assert flops.forward_macs(model, {}, (1, 28, 28)) == [784 * 300 + 300 * 100 + 100 * 10] * 3
+    assert flops.forward_macs(model, {}, flops.positions(model, (1, 28, 28))) == [784 * 300 + 300 * 100 + 100 * 10] * 3
     # known kept counts per network; the output layer unmasked counts fully (1000)
     mask = _mask_keeping(model, {"layers.0.weight": [1000, 50, 0], "layers.1.weight": [7, 30000, 123]})
-    assert flops.forward_macs(model, mask, (1, 28, 28)) == [1000 + 7 + 1000, 50 + 30000 + 1000, 0 + 123 + 1000]
+    assert flops.forward_macs(model, mask, flops.positions(model, (1, 28, 28))) == \
+        [1000 + 7 + 1000, 50 + 30000 + 1000, 0 + 123 + 1000]
     assert flops.train_flops(266200, 60, 3000) == 3 * 266200 * 60 * 3000
 
 
@@ -38,9 +39,9 @@ def test_convolutions_count_each_kept_weight_at_each_output_position():
     assert flops.positions(model, (3, 32, 32)) == {"convs.0.weight": 1024, "convs.1.weight": 1024, "fcs.0.weight": 1,
                                                    "fcs.1.weight": 1, "fcs.2.weight": 1}
     dense = 64 * 3 * 9 * 32 * 32 + 64 * 64 * 9 * 32 * 32 + 64 * 16 * 16 * 256 + 256 * 256 + 256 * 10
-    assert flops.forward_macs(model, {}, (3, 32, 32)) == [dense, dense]
+    assert flops.forward_macs(model, {}, flops.positions(model, (3, 32, 32))) == [dense, dense]
     mask = _mask_keeping(model, {"convs.1.weight": [100, 36864]})
-    assert flops.forward_macs(model, mask, (3, 32, 32)) == [dense - (36864 - 100) * 1024, dense]
+    assert flops.forward_macs(model, mask, flops.positions(model, (3, 32, 32))) == [dense - (36864 - 100) * 1024, dense]
     # ResNet-20's strided convolutions and 1x1 shortcuts: 16x16 and 8x8 maps after each stage's first block
     pos = flops.positions(models.build("resnet-20", [0]), (3, 32, 32))
     assert pos["conv.weight"] == 1024 and pos["blocks.3.conv1.weight"] == 256 and pos["blocks.3.shortcut.weight"] == 256
@@ -60,12 +61,12 @@ def test_your_own_network_is_measured_by_its_layers_output_shapes():
     assert flops.positions(stack, (1, 28, 28)) == {"0.weight": 196, "3.weight": 196, "5.weight": 1}
     conv, up, fc = 4 * 1 * 9 * 196, 4 * 2 * 2 * 2 * 196, 2 * 784 * 10
     mask = _mask_keeping(stack, {"0.weight": [36, 5]})  # "3.weight" and "5.weight" unmasked: counted fully
-    assert flops.forward_macs(stack, mask, (1, 28, 28)) == [conv + up + fc, 5 * 196 + up + fc]
+    assert flops.forward_macs(stack, mask, flops.positions(stack, (1, 28, 28))) == [conv + up + fc, 5 * 196 + up + fc]
     assert stack.training and all(torch.equal(v, before[k]) for k, v in stack.state_dict().items())  # untouched
     # a plain MLP runs without vmap (no module call): its layers are measured all the same
     mlp = generic.build(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)),
                         [0, 1], 10, (1, 28, 28))
-    assert mlp.fast and flops.forward_macs(mlp, {}, (1, 28, 28)) == [784 * 300 + 300 * 10] * 2
+    assert mlp.fast and flops.forward_macs(mlp, {}, flops.positions(mlp, (1, 28, 28))) == [784 * 300 + 300 * 10] * 2
 
 
 def _costs(prev: dict[str, str], at: str = "trained", rewind: str = "init", k: int = 0, pooled: bool = False,
