@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, generic, instability, masks, models, pruning, resume, saliency
+from . import artifacts, distributed, flops, generic, instability, masks, models, pruning, resume, saliency
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params
@@ -294,7 +294,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
         line = measure_instability(cfg, stack, stack.model.state_dict(), data, subset)
         log(f"[{name}] instability (test) " + "  ".join(f"trial {t['trial']}: {t['test_instability']:.2f} pp"
             for t in line["trials"]) + f"  ({cfg.instability.points} points in {time.perf_counter() - t1:.1f}s)")
-    metrics = write_round(cfg, name, stack, trained, result, runs / name, line)
+    metrics = write_round(cfg, name, stack, trained, result, runs / name, line, data.example_shape, prev)
     for v in stack.variants:
         rows = [n for n in metrics["networks"] if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
@@ -366,8 +366,12 @@ def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor
 
 
 def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.Tensor], result, out: Path,
-                line: dict | None = None) -> dict:
-    """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, metrics.json; returns the metrics."""
+                line: dict | None, example_shape: tuple[int, ...], prev: str) -> dict:
+    """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, metrics.json; returns the metrics.
+
+    metrics.json records each network's compute (`iterations` trained in this round, `forward_macs` per example,
+    `train_flops`) and the round's `cost`: where its mask and start weights come from and θk's training
+    (`lottery.flops`), from which summarize adds up what each network took to reach its sparsity."""
     mask, names, seeds = stack.mask, stack.names, trial_seeds(cfg)
     tick = stack.rows("ticket")
     artifacts.save(out / "mask.pt", stack.ticket_mask, _meta(cfg, "mask", name))
@@ -381,6 +385,14 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
 
     remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
     order = [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
+    k, batch, iterations = round_index(name), cfg.train.batch_size, cfg.train.iterations - stack.start
+    where = flops.positions(stack.model, example_shape)
+    macs = flops.forward_macs(stack.model, mask, where)
+    pooled = k > 0 and "random" in stack.variants and \
+        len(pruning.plan(cfg.prune, models.kinds(stack.model, cfg.prune.layers, cfg.prune.ignore), k).pooled) > 1
+    cost = {"sources": flops.sources(k, prev, cfg.prune.at, cfg.rewind.to, pooled, stack.variants),
+            "init": {"iterations": stack.start,  # θk: the dense network trained k iterations (once per trial)
+                     "train_flops": flops.train_flops(flops.forward_macs(stack.model, {}, where)[0], batch, stack.start)}}
     networks = [{
         "variant": v, "trial": t, "seed": seeds[t], "init_seed": stack.init_seeds[i], "mask_seed": stack.mask_seeds[i],
         "weights_remaining": round(float(remaining[i]), 4),
@@ -389,8 +401,9 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         "test_accuracy": round(100 * result.test_accuracy[i], 4),
         "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
         "min_val_loss": round(result.min_val_loss[i], 6),
+        "iterations": iterations, "forward_macs": macs[i], "train_flops": flops.train_flops(macs[i], batch, iterations),
     } for v, t, i in order]
-    metrics = {"round": name, "index": round_index(name), "networks": networks}
+    metrics = {"round": name, "index": k, "networks": networks, "cost": cost}
     if round_index(name) > 0:  # how this round pruned (the dense round prunes nothing and lists no prune.* params)
         metrics.update(criterion=cfg.prune.criterion, at=cfg.prune.at)
     if line is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import flops
 from .artifacts import ArtifactError, atomic_write_bytes, load
 from .config import REPORT_SETTINGS, Config, artifact_params
 
@@ -26,6 +27,11 @@ COLUMNS = [
     "early_stop_iteration", "test_accuracy", "final_test_accuracy", "min_val_loss",
 ]
 RUN_COLUMNS = ["criterion", "at"]  # how the round pruned (prune.criterion, prune.at), from its metrics.json
+# Compute (lottery.flops): each network's own training in its round (its metrics.json), then what it took to reach
+# it: its own training plus the trainings its mask and start weights needed, along its chain. Empty (NaN) for
+# rounds written before compute accounting.
+COST_COLUMNS = ["iterations", "forward_macs", "train_flops"]
+FLOPS_KEYS = ["train_flops", "cumulative_flops", "cumulative_iterations"]  # per round and variant in rounds.json
 VARIANTS = ["ticket", "reinit", "random", "invert"]
 CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
@@ -98,19 +104,23 @@ def collect(runs: Path, round_names: list[str], cfg: Config | None = None) -> St
     the masks summarize draws from (the dense round's and the last round's, which must say they are theirs,
     and with `cfg`, that they were written with its params)."""
     runs = Path(runs)
-    rows, curves, layers, seeds = [], [], [], {}
+    rows, curves, layers, seeds, costs = [], [], [], {}, {}
     for name in round_names:
         m = _read(runs / name / "metrics.json", name)
+        costs[name] = m.get("cost")
         for n in m["networks"]:
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
-                         "criterion": m.get("criterion"), "at": m.get("at")})  # none for the dense round
+                         "criterion": m.get("criterion"), "at": m.get("at"),  # none for the dense round
+                         **{k: n.get(k) for k in COST_COLUMNS}})
         curves.append(read_curves(runs / name / "live").assign(round=name, index=m["index"]))
         tickets = sorted((n for n in m["networks"] if n["variant"] == "ticket"), key=lambda n: n["trial"])
         seeds[name] = [n["seed"] for n in tickets]  # what the round's mask must record
         for layer in tickets[0]["layers_remaining"]:
             pct = sum(n["layers_remaining"][layer] for n in tickets) / len(tickets)
             layers.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
-    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS + COST_COLUMNS)
+    df[COST_COLUMNS] = df[COST_COLUMNS].apply(pd.to_numeric)
+    df = pd.concat([df, flops.cumulative(df, costs)], axis=1)
     inst, points = read_instability(runs, round_names)
     if not inst.empty:  # the ticket rows of the tidy table get their instability
         df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
@@ -145,8 +155,14 @@ def read_curves(folder: Path) -> pd.DataFrame:
 
 
 def _means(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over trials of the round keys, one row per round and variant."""
-    return df.groupby(["index", "round", "variant"], sort=True)[ROUND_KEYS].mean().reset_index()
+    """Mean over trials of the round keys (and the FLOPs, where the table has them), one row per round and variant."""
+    keys = ROUND_KEYS + [k for k in FLOPS_KEYS if k in df]
+    return df.groupby(["index", "round", "variant"], sort=True)[keys].mean().reset_index()
+
+
+def _flops(row: pd.Series) -> dict:
+    """A row of `_means`' FLOPs as whole numbers (None where not recorded), for rounds.json."""
+    return {k: None if pd.isna(row[k]) else int(round(float(row[k]))) for k in FLOPS_KEYS if k in row}
 
 
 def _dense(mean: pd.DataFrame) -> pd.Series:
@@ -189,11 +205,11 @@ def headline(df: pd.DataFrame, tolerance: float, classes: int | None = None) -> 
         out["criterion"], out["at"] = str(pruned["criterion"].iloc[0]), str(pruned["at"].iloc[0])
     out["rounds"] = {}
     for _, r in mean[mean["variant"] == "ticket"].iterrows():
-        entry = {k: round(float(r[k]), 4) for k in ROUND_KEYS}
+        entry = {**{k: round(float(r[k]), 4) for k in ROUND_KEYS}, **_flops(r)}
         for v in CONTROLS:
             c = mean[(mean["round"] == r["round"]) & (mean["variant"] == v)]
             if not c.empty:
-                entry[v] = {k: round(float(c[k].iloc[0]), 4) for k in ROUND_KEYS[1:]}
+                entry[v] = {**{k: round(float(c[k].iloc[0]), 4) for k in ROUND_KEYS[1:]}, **_flops(c.iloc[0])}
         out["rounds"][r["round"]] = entry
     for v in VARIANTS:
         sub = mean[(mean["variant"] == v) & (mean["index"] > 0)]
@@ -483,6 +499,47 @@ def figures(df: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, tolera
     return files
 
 
+def recorded(df: pd.DataFrame) -> bool:
+    """Whether every network of the table has its cumulative FLOPs (rounds that recorded their compute)."""
+    return "cumulative_flops" in df and bool(df["cumulative_flops"].notna().all())
+
+
+def flops_figure(df: pd.DataFrame, tolerance: float, title: str = "") -> bytes | None:
+    """flops.png: each variant's test accuracy against the training FLOPs it took to reach its round (cumulative,
+    `lottery.flops`; log scale), mean and min-max over trials, the ticket's points labelled with their % remaining.
+    None where the rounds did not record their compute (metrics.json written before compute accounting)."""
+    if not recorded(df):
+        return None
+    plt = _plt()
+    g = df.groupby(["index", "round", "variant"], sort=True).agg(
+        x=("cumulative_flops", "mean"), y=("test_accuracy", "mean"), lo=("test_accuracy", "min"),
+        hi=("test_accuracy", "max"), w=("weights_remaining", "mean")).reset_index()
+    base = float(_dense(_means(df))["test_accuracy"])
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    ax.axhspan(base - tolerance, base, color="0.85", lw=0, label=f"winning: within {tolerance} pp of dense")
+    ax.axhline(base, color="0.2", lw=1, label=f"dense: {base:.2f}%")
+    shift = (g["x"].max() / g["x"].min()) ** SHIFT  # a control at the ticket's FLOPs (reinit) stays visible
+    for i, v in enumerate(VARIANTS):
+        s = g[g["variant"] == v]
+        if s.empty:
+            continue
+        x = s["x"] * shift ** i
+        ax.errorbar(x, s["y"], yerr=[s["y"] - s["lo"], s["hi"] - s["y"]], capsize=2, label=v, **_style(i))
+        for xi, (_, r) in zip(x, s.iterrows()):  # every point's round (the ticket's on its left, with its % remaining)
+            text, left = (f"{r['round']} ({r['w']:.3g}%)", True) if v == "ticket" else (r["round"], False)
+            ax.annotate(text, (xi, r["y"]), textcoords="offset points", xytext=(-7 if left else 6, 3), fontsize=6.5,
+                        ha="right" if left else "left", color=f"C{i}")
+    ax.set_xscale("log")
+    ax.margins(x=0.12)
+    ax.set_xlabel("cumulative training FLOPs to reach the round (3 x multiply-adds of the kept weights x batch x "
+                  "iterations; log scale)", fontsize=8)
+    ax.set_ylabel("test accuracy at early stop (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title=f"mean, min-max over {df['trial'].nunique()} trial(s)\n(controls drawn slightly apart in x)",
+              fontsize=8, title_fontsize=8)
+    return _png(fig, title)
+
+
 def _round_panels(plt, table: pd.DataFrame):
     """One panel each for the dense, a middle and the last round of `table` (an `index` column): fig, axes, rounds."""
     idx = sorted(table["index"].unique())
@@ -634,6 +691,12 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, settings: dict[str
             lines.append(f"| {r['round']} | {r['weights_remaining']:.2f} | {win(r['ticket'])} | "
                          + " | ".join(f"{win(r[v])} | {r[f'{v}_margin']:+.2f}" for v in controls) + " |")
     lines += ["", "## Per round (mean over trials)", "", "```", format_table(df), "```", ""]
+    if recorded(df):
+        lines += ["Training FLOPs: 3 x the forward multiply-adds of the kept weights x batch size x iterations "
+                  "(forward + backward, RigL's convention; a multiply-add is one operation). `train FLOPs`: the "
+                  "round's own training; `cumul. FLOPs`: every training it took to reach it (the ticket: its chain "
+                  "of rounds; reinit: the search up to the previous round and its own; random: its own; θk's "
+                  "training when rewinding to iteration k). flops.png: test accuracy against the cumulative FLOPs.", ""]
     lines += [f"![{Path(name).stem}]({name})" for name in images]
     return "\n".join(lines) + "\n"
 
@@ -658,7 +721,12 @@ def outputs(study: Study, tolerance: float, settings: dict[str, str]) -> tuple[d
     }
     if not study.inst.empty:
         files.update(instability_figures(study.inst, study.points, title))
+    drawn = flops_figure(df, tolerance, title)
+    if drawn is not None:
+        files["flops.png"] = drawn
     images = [name for name in files if name.endswith(".png")]
+    files.setdefault("flops.png", placeholder("flops: compute not recorded by these rounds (written before compute "
+                                              "accounting)", title))
     for name, key in OPTIONAL_FIGURES.items():
         files.setdefault(name, placeholder(f"{Path(name).stem}: not measured in this run ({key}: false)", title))
     files["report.md"] = report(summary, df, tolerance, settings, images).encode()
@@ -672,12 +740,16 @@ def write(files: dict[str, bytes], out: Path) -> None:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """The per-round table printed by summarize (means over trials)."""
-    mean = df.groupby(["index", "variant"])[ROUND_KEYS].mean().reset_index()
-    lines = [f"{'round':>5} {'variant':>7} {'remaining %':>11} {'test acc %':>10} {'early stop':>10} {'final acc %':>11}"]
+    """The per-round table printed by summarize (means over trials): with the FLOPs of the round's own training
+    and the cumulative FLOPs to reach it (`lottery.flops`) where the table has them."""
+    mean = _means(df)
+    cost = "cumulative_flops" in mean and mean["cumulative_flops"].notna().any()
+    lines = [f"{'round':>5} {'variant':>7} {'remaining %':>11} {'test acc %':>10} {'early stop':>10} {'final acc %':>11}"
+             + (f" {'train FLOPs':>11} {'cumul. FLOPs':>12}" if cost else "")]
     for _, r in mean.iterrows():
         lines.append(
             f"{'r' + str(r['index']):>5} {r['variant']:>7} {r['weights_remaining']:>11.2f} {r['test_accuracy']:>10.2f} "
             f"{r['early_stop_iteration']:>10.0f} {r['final_test_accuracy']:>11.2f}"
+            + (f" {r['train_flops']:>11.3e} {r['cumulative_flops']:>12.3e}" if cost else "")
         )
     return "\n".join(lines)

@@ -152,6 +152,30 @@ def test_figures_report_and_ticket_of_a_real_run(template):
     reinit = rows[rows["variant"] == "reinit"]
     assert reinit["init_seed"].nunique() == 4  # a fresh init per trial and round
 
+    # compute accounting (lottery.flops): 200 iterations of batch 32 per network and round; mlp-mnist1d keeps
+    # 15000, then 12100, then 9770 weights (layer-wise 20%, output 10%), one multiply-add each per example
+    assert list(rows.columns[-5:]) == ["iterations", "forward_macs", "train_flops", "cumulative_iterations",
+                                       "cumulative_flops"]
+    assert set(rows["iterations"]) == {200}
+    assert {r: set(rows[rows["round"] == r]["forward_macs"]) for r in ("r0", "r1", "r2")} == \
+        {"r0": {15000}, "r1": {12100}, "r2": {3200 - 640 + 8000 - 1600 + 900 - 90}}
+    assert (rows["train_flops"] == 3 * rows["forward_macs"] * 32 * 200).all()
+    own = rows.set_index(["round", "variant", "trial"])["train_flops"]
+    total = rows.set_index(["round", "variant", "trial"])["cumulative_flops"]
+    for t in (0, 1):  # the ticket of r2: its chain r0, r1, r2; reinit: the search (r0, r1) and its own; random: its own
+        chain = own[("r0", "ticket", t)] + own[("r1", "ticket", t)]
+        assert total[("r2", "ticket", t)] == chain + own[("r2", "ticket", t)]
+        assert total[("r2", "reinit", t)] == chain + own[("r2", "reinit", t)]
+        assert total[("r2", "random", t)] == own[("r2", "random", t)]
+        assert total[("r0", "ticket", t)] == own[("r0", "ticket", t)]
+    assert rows[rows["round"] == "r2"]["cumulative_iterations"].tolist() == [600, 600, 600, 600, 200, 200]
+    per_round = json.loads((m / "rounds.json").read_text())
+    assert per_round["r2"]["cumulative_flops"] == 3 * 32 * 200 * (15000 + 12100 + 9770)
+    assert per_round["r2"]["random"]["cumulative_flops"] == 3 * 32 * 200 * 9770
+    assert "cumul. FLOPs" in report and "![flops](flops.png)" in report
+    data = (m / "flops.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
     # the exported ticket reloads into a module that predicts like the stage's checkpoint
     ticket, meta = artifacts.load(m / "ticket.pt", "ticket")
     assert any(v.is_sparse for v in ticket.values())

@@ -136,6 +136,31 @@ def test_rewind_to_iteration_k_restores_theta_k(tmp_path):
         rounds.build_stack(wrong, "r0", "init", runs)
 
 
+def test_rewinding_to_iteration_k_counts_theta_k_training_once(tmp_path):
+    """Compute accounting (lottery.flops): the rounds train 40 - 20 iterations from θ20; θ20 cost init 20 dense
+    iterations, counted once in every total that needs θk (each variant's needs: tests/test_flops.py)."""
+    from lottery import summary
+
+    cfg = _cfg(tmp_path, rewind={"to": "iteration", "iteration": 20})
+    runs, data = tmp_path / "runs", _prepared(tmp_path)
+    rounds.init(cfg, runs / "init", data, log=lambda *_: None)
+    r0 = rounds.run_round(cfg, "r0", "init", runs, data, log=lambda *_: None)
+    r1 = rounds.run_round(cfg, "r1", "r0", runs, data, log=lambda *_: None)
+    dense = 40 * 100 + 100 * 100 + 100 * 10  # mlp-mnist1d's multiply-adds per example
+    kept = (4000 - 800) + (10000 - 2000) + (1000 - 100)  # r1: 20% of the hidden layers, 10% of the output layer
+    assert r0["cost"]["init"] == r1["cost"]["init"] == {"iterations": 20, "train_flops": 3 * dense * 16 * 20}
+    assert r1["cost"]["sources"] == {"mask": "r0", "start": "init",
+                                     "needs": {"ticket": ["mask", "start"], "reinit": ["mask"], "random": ["start"]}}
+    for m, macs in ((r0, dense), (r1, kept)):
+        assert {(n["iterations"], n["forward_macs"], n["train_flops"]) for n in m["networks"]} == \
+            {(20, macs, 3 * macs * 16 * 20)}
+    df = summary.collect(runs, ["r0", "r1"]).df.set_index(["round", "variant", "trial"])
+    theta_k, own0, own1 = 3 * dense * 16 * 20, 3 * dense * 16 * 20, 3 * kept * 16 * 20
+    assert df.loc[("r1", "ticket", 1), ["cumulative_iterations", "cumulative_flops"]].tolist() == [60, theta_k + own0 + own1]
+    assert df.loc[("r1", "reinit", 0), "cumulative_flops"] == theta_k + own0 + own1
+    assert df.loc[("r1", "random", 0), ["cumulative_iterations", "cumulative_flops"]].tolist() == [40, theta_k + own1]
+
+
 @pytest.mark.parametrize("to", ["lr", "finetune"])
 def test_lr_rewinding_and_finetuning_keep_the_trained_weights(tmp_path, to):
     cfg = _cfg(tmp_path, rewind={"to": to})
