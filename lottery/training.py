@@ -153,7 +153,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
 
     model.train()
-    step = Step(model, mask, cfg, losses, fast=fast, graph=not augment, log=log)  # masks the model
+    step = Step(model, mask, cfg, losses, fast=fast, graph=orders.graphable, log=log)  # masks the model
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
     digest = _digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
