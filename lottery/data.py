@@ -1,4 +1,5 @@
-"""Dataset registry, and the data a round reads. Everything is held in memory as tensors (no per-sample Dataset work).
+"""Dataset registry, and the data a round reads. Everything is held in memory as tensors (no per-sample Dataset work),
+except image folders, streamed from their files (`lottery.folder`, same interface).
 
 `prepare(cfg, record)` reads the raw files that `record` (data/raw.json, `lottery.raw`)
 lists, carves the validation split out of the training set by seed and returns a dict of
@@ -377,18 +378,18 @@ class TensorData:
       first_batches(order_seeds, batch_size, count)
                                          the first training batches of each data order, on the CPU (SNIP, GraSP)
 
-    What the next sources implement (design, not built):
+    A streaming source (`lottery.folder.FolderData`, data.dataset imagefolder or imagenet: `train/<class>/<image>`,
+    too large to prepare into one file) gives the same object. Its splits hold the file list in memory, and `y`
+    every label (from the class folders: cheap); `chunks` decodes the files in order with the evaluation
+    transform in DataLoader workers; `subset` is a split of the selected files. Its `orders` draws the same
+    indices as `Orders` (its index arithmetic, on no examples): `skip`, resume points and the indices need no
+    image, only `batch(idx)` differs: it decodes the files of `idx` in DataLoader workers (the indices are known
+    ahead, so batches are prefetched) and draws each example's random transform from a generator seeded by
+    (order seed, iteration, position in the global batch), never from the worker process, so a resumed run, or
+    another number of workers, sees the same tensors. Its orders are not `graphable`: the step is not captured
+    as a CUDA graph (decoding happens on the CPU).
 
-    A streaming source (`data.dataset: imagefolder`: `train/<class>/<image>`, too large to prepare into one
-    file) gives the same object. Its splits hold the file list in memory, and `y` every label (from the class
-    folders: cheap); `chunks` decodes the files in order with the evaluation transform in DataLoader workers;
-    `subset` is a split of the selected files. Its `orders` draws the same indices as `Orders` (a permutation
-    of the training examples per epoch from each order's seeded generator): `skip`, resume points and the
-    index arithmetic need no image, only `batch(idx)` differs: it decodes the files of `idx` in DataLoader
-    workers (the indices are known ahead, so batches are prefetched) and draws each example's random
-    transform from a generator seeded by (order seed, iteration, position in the batch), never from the worker
-    process, so a resumed run, or another number of workers, sees the same tensors. On CUDA the step then
-    copies each fetched batch into the captured graph's input instead of gathering by index inside it.
+    Design, not built yet:
 
     Data-parallel rounds (`train.world_size` W): `train.batch_size` B stays the global batch. Every rank
     builds the same `Orders` from the same seeds and draws the same indices (no communication), and rank r
