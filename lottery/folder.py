@@ -23,7 +23,8 @@ What is checked where (a full decode of 1.28M images at every prepare is too slo
 
 data/prepared.pt (kind 'prepared', no pickled objects): `paths` (the newline-joined relative paths as uint8),
 `classes` (newline-joined names, uint8), `manifest` (the digest, uint8), `index_{train,val,test}` (each split's
-files, int64) with its labels `y_{train,val,test}`, and `mean`/`std` (3, 1, 1) of pixels in [0, 1].
+files, int64) with its labels `y_{train,val,test}`, and `mean`/`std` (3, 1, 1) of pixel values (0-255, as for the
+tensor datasets: the exported ticket takes uint8 images, here the transformed (3, S, S) crops).
 `load` gives a `FolderData`: the interface of `lottery.data.TensorData` (see its docstring), batches float32,
 normalised, on the round's device.
 """
@@ -45,7 +46,7 @@ from .raw import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's, any case
 SPLITS = ("train", "val")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of pixels in [0, 1]
 PREPARE_DECODES = 256  # files of each split (train, validation, test) fully decoded at prepare
 LAYOUT = "an image folder holds train/<class>/<image> and val/<class>/<image>"
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's defaults
@@ -251,12 +252,12 @@ def prepare(cfg: Config, record: dict) -> dict[str, torch.Tensor]:
     sums, count = np.zeros((2, 3)), 0
     for split, idx in index.items():  # a seeded sample of every split, fully decoded
         for i in idx[torch.randperm(len(idx), generator=gen)[:PREPARE_DECODES].numpy()]:
-            px = np.asarray(open_rgb(root / files[i][0]), dtype=np.float64).reshape(-1, 3) / 255
+            px = np.asarray(open_rgb(root / files[i][0]), dtype=np.float64).reshape(-1, 3)
             if split == "train":
                 sums += (px.sum(0), (px ** 2).sum(0))
                 count += len(px)
     if d.dataset == "imagenet":
-        mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+        mean, std = np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255
     else:
         mean = sums[0] / count
         std = np.sqrt(np.maximum(sums[1] / count - mean ** 2, 0))
@@ -334,8 +335,8 @@ class FolderData:
         return stream(self.decoder, requests, self.workers, device.type == "cuda")
 
     def normalise(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """uint8 images (..., 3, S, S) -> float32 on `device`, (x / 255 - mean) / std."""
-        x = x.to(device, non_blocking=True).float().div_(255)
+        """uint8 images (..., 3, S, S) -> float32 on `device`, (x - mean) / std."""
+        x = x.to(device, non_blocking=True).float()
         return x.sub_(self.mean.to(device)).div_(self.std.to(device))
 
     def orders(self, order_seeds: list[int], batch_size: int, augment: bool = False,
