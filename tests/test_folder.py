@@ -274,7 +274,6 @@ def test_a_corrupt_image_stops_training_and_evaluation_naming_it(tmp_path):
 
 
 def test_an_image_folder_trains_through_dvc_and_an_edited_image_reruns_prepare_and_the_rounds(repo):
-    make_folder(repo.path / "images")
     (repo.path / "tinynet.py").write_text(TINY_NET)
     repo.set_params({"trials": 1, "data": {"dataset": "imagefolder", "root": "images", "validation": 15, "image_size": 32,
                                            "resize": 36, "augment": True, "workers": 1},
@@ -283,6 +282,12 @@ def test_an_image_folder_trains_through_dvc_and_an_edited_image_reruns_prepare_a
     params = repo.params()
     params["prune"]["chain"] = {"r1": "r0"}
     (repo.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = (repo.path / "runs" / "r1" / "model.pt").read_bytes()  # the template's (mnist1d)
+    p = repo.dvc("repro", check=False)  # no folder yet: the check stage stops, one line, nothing lost
+    assert p.returncode != 0 and "error: images: image folder missing (data.root; an image folder holds " \
+        "train/<class>/<image> and val/<class>/<image>)\n" in p.stderr, p.stderr
+    assert (repo.path / "runs" / "r1" / "model.pt").read_bytes() == before
+    make_folder(repo.path / "images")
     out = repo.dvc("repro")
     assert ran(out.stdout) == ["prepare", "init", "dense", "round@r1", "summarize"], out.stdout
     assert "[check] params.yaml valid; imagefolder: 90 train / 18 val images in 3 classes" in out.stdout
