@@ -165,6 +165,45 @@ def test_shards_of_a_batch_and_of_the_chunks_add_up_to_the_whole(images):
         assert torch.equal(sx, x) and torch.equal(sy, y)
 
 
+class Crash(Exception):
+    pass
+
+
+def test_training_on_a_folder_resumed_after_a_crash_is_bit_identical(images, tmp_path):
+    from torch import nn
+
+    from lottery import generic, masks, models
+    from lottery.training import train
+
+    def run(resume_dir, crash_at=None):
+        d = load(images, 1)
+        model = generic.build(lambda num_classes, input_shape: nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 11 * 11, num_classes)),
+            [3, 4], d.classes, d.example_shape)
+        mask = masks.ones(model, models.prunable(model))
+        cfg = config.TrainConfig(iterations=12, eval_every=2, batch_size=10, log_every=2)
+
+        def log(line):
+            lines.append(line)
+            if crash_at and f"it {crash_at:>6}/" in line:
+                raise Crash(line)
+
+        result = train(model, mask, d, cfg, [3, 4], log=log, resume_dir=resume_dir, checkpoint_seconds=0.0,
+                       augment=True)
+        return model.state_dict(), result
+
+    lines: list[str] = []
+    reference = run(None)
+    with pytest.raises(Crash):  # after the resume point of iteration 8 (mid-epoch: 7 batches of 10 an epoch)
+        run(tmp_path, crash_at=8)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    lines.clear()
+    state, result = run(tmp_path)
+    assert any("resumed from" in line and "at iteration 8" in line for line in lines), lines
+    assert result == reference[1] and all(torch.equal(a, b) for a, b in zip(state.values(), reference[0].values()))
+    assert [c["iteration"] for c in result.curve] == [2, 4, 6, 8, 10, 12]
+
+
 def test_first_batches_and_subset(images):
     d = load(images, 2)
     firsts = d.first_batches([3, 4], 6, 2)
