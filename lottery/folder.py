@@ -84,20 +84,20 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, int, int]]]:
     files = []
     for split in SPLITS:
         for label, name in enumerate(classes["train"]):
-            found = []
+            found = []  # (strings, not Path objects: about 2x faster at a million files)
             for folder, subfolders, names in os.walk(root / split / name, followlinks=True):
                 subfolders.sort()
+                rel = Path(folder).relative_to(root).as_posix()
                 for f in names:
-                    path = Path(folder) / f
-                    if path.suffix.lower() not in EXTENSIONS:
+                    path = os.path.join(folder, f)
+                    if os.path.splitext(f)[1].lower() not in EXTENSIONS:
                         raise DataError(f"{path}: not an image file (extensions: {' '.join(EXTENSIONS)})")
-                    rel = path.relative_to(root).as_posix()
-                    if "\n" in rel or "\t" in rel:
-                        raise DataError(f"{path}: a newline or tab in a file name is not supported")
-                    size = path.stat().st_size
+                    if any(c in rel + f for c in "\n\t"):  # the separators of the manifest and prepared.pt
+                        raise DataError(f"{path!r}: a newline or tab in a file or folder name is not supported")
+                    size = os.stat(path).st_size
                     if not size:
                         raise DataError(f"{path}: empty file (0 bytes), not an image")
-                    found.append((rel, size, label))
+                    found.append((f"{rel}/{f}", size, label))
             if not found:
                 raise DataError(f"{root / split / name}: empty class folder (no image files)")
             files += sorted(found)
