@@ -214,7 +214,8 @@ class Decoder:
     def _images(self, files: np.ndarray, draw) -> torch.Tensor:
         out = torch.empty(*files.shape, 3, self.size, self.size, dtype=torch.uint8)
         for o, p in np.ndindex(*files.shape):
-            out[o, p] = torch.from_numpy(decode(self.path(int(files[o, p])), self.size, self.resize, draw(o, p))).permute(2, 0, 1)
+            image = decode(self.path(int(files[o, p])), self.size, self.resize, draw(o, p))
+            out[o, p] = torch.from_numpy(image).permute(2, 0, 1)
         return out
 
 
@@ -266,14 +267,15 @@ def prepare(cfg: Config, record: dict) -> dict[str, torch.Tensor]:
                             f"{int(np.flatnonzero(std <= 0)[0])}): normalisation would divide by zero")
     print(f"[prepare] {d.dataset}: {len(files)} files in {len(classes)} classes under {root}; decoded a sample of "
           f"{sum(min(len(i), PREPARE_DECODES) for i in index.values())}")
-    return {"paths": _bytes("\n".join(rel for rel, _, _ in files)), "classes": _bytes("\n".join(classes)), "manifest": _bytes(now["sha256"]),
+    return {"paths": _bytes("\n".join(rel for rel, _, _ in files)), "classes": _bytes("\n".join(classes)),
+            "manifest": _bytes(now["sha256"]),
             **{f"index_{s}": torch.from_numpy(i.astype(np.int64)) for s, i in index.items()},
             **{f"y_{s}": torch.from_numpy(labels[i]) for s, i in index.items()},
             "mean": torch.tensor(mean, dtype=torch.float32).view(3, 1, 1),
             "std": torch.tensor(std, dtype=torch.float32).view(3, 1, 1)}
 
 
-KEYS = ["paths", "classes", "manifest", "mean", "std"] + [f"{k}_{s}" for s in ("train", "val", "test") for k in ("index", "y")]
+KEYS = ["paths", "classes", "manifest", "mean", "std", *(f"{k}_{s}" for s in ("train", "val", "test") for k in ("index", "y"))]
 
 
 def check_prepared(t: dict[str, torch.Tensor], bad) -> None:

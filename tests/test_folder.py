@@ -96,9 +96,11 @@ def test_prepare_splits_the_files_and_the_data_has_the_interface_of_tensor_data(
     labels = np.repeat(np.arange(3), 30)
     val, train = data.holdout(make_cfg(root).data, labels, np.repeat(np.arange(3), 6))
     assert torch.equal(d.val.files, torch.from_numpy(val)) and torch.equal(d.train.files, torch.from_numpy(train))
-    assert torch.equal(d.val.y, torch.from_numpy(labels[val])) and torch.equal(d.test.y, torch.arange(3).repeat_interleave(6))
+    assert torch.equal(d.val.y, torch.from_numpy(labels[val]))
+    assert torch.equal(d.test.y, torch.arange(3).repeat_interleave(6))
     paths = t["paths"].numpy().tobytes().decode().split("\n")  # no pickled object: text as uint8
-    assert len(paths) == 108 and (paths[0], paths[30], paths[90]) == ("train/ant/000.png", "train/bee/000.png", "val/ant/000.png")
+    assert len(paths) == 108
+    assert (paths[0], paths[30], paths[90]) == ("train/ant/000.png", "train/bee/000.png", "val/ant/000.png")
     assert t["manifest"].numpy().tobytes().decode() == raw.describe("imagefolder", root)["manifest"]["sha256"]
 
 
@@ -304,7 +306,8 @@ def test_a_corrupt_image_stops_training_and_evaluation_naming_it(tmp_path):
     for workers in (0, 2):
         d = data.load_prepared(prepared, "cpu", data.prepared_params(cfg), dataclasses.replace(cfg.data, workers=workers))
         orders = d.orders([0], len(d.train), augment=True)  # one batch holds every training file
-        for bad, read in ((bad_train, lambda: orders.batch(orders.next_batch())), (bad_test, lambda: list(d.test.chunks(4)))):
+        reads = ((bad_train, lambda: orders.batch(orders.next_batch())), (bad_test, lambda: list(d.test.chunks(4))))
+        for bad, read in reads:
             with pytest.raises(DataError) as e:
                 read()
             assert str(e.value).startswith(f"{bad}: cannot decode the image (") and "\n" not in str(e.value), e.value
