@@ -18,6 +18,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "imagenet", "kmnist", "mnist", "mnist1d", "svhn")
+# Streamed from data.root, decoded in DataLoader workers (lottery.folder): train/<class>/<image>, val/<class>/<image>
+FOLDER_DATASETS = ("imagefolder", "imagenet")
+FOLDER_KEYS = ("data.image_size", "data.resize")  # read for image folders only (see Config.digest)
 # model -> the datasets it takes (lottery.models.INPUTS is this table; kept here, free of torch)
 _CONV = ("conv-2", "conv-4", "conv-6")
 MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -53,6 +56,9 @@ LIMITS: dict[str, tuple[int, int]] = {
     "data.validation": (1, 10_000_000),
     "data.split_seed": (0, 2**31 - 1),
     "data.train_subset": (0, 100_000_000),
+    "data.workers": (0, 256),
+    "data.image_size": (1, 4096),
+    "data.resize": (1, 4096),
     "train.batch_size": (1, 65_536),
     "train.world_size": (1, 4_096),
     "train.stack": (0, 10_000),
@@ -100,7 +106,13 @@ class DataConfig:
                             "seed, so the trials of experiments that differ only in `seed` pool into one study", 0)
     train_subset: int = _help("keep only this many training images after the split (0 = all)", 0)
     root: str = _help("folder searched first for raw files, e.g. data/raw", "data/raw")
-    augment: bool = _help("random crop (padding 4) and horizontal flip of training images (CIFAR)", False)
+    augment: bool = _help("random crop (padding 4) and horizontal flip of training images (CIFAR); image folders: "
+                          "RandomResizedCrop(image_size) and horizontal flip", False)
+    workers: int = _help("image folders: DataLoader worker processes that decode and transform images (0 = in the "
+                         "training process); the batches are the same for any number (not a result param)", 2)
+    image_size: int = _help("image folders: the side of the square images the network sees (train and eval crops)", 224)
+    resize: int = _help("image folders: evaluation (and training without data.augment) resizes the shorter side to "
+                        "this, then center-crops image_size", 256)
 
 
 @dataclass
@@ -208,7 +220,12 @@ class Config:
         return _to_dict(obj)
 
     def digest(self, keys: list[str]) -> str:
-        """Short digest of exactly the named keys (`STAGE_PARAMS` of a stage), recorded in artifact metadata."""
+        """Short digest of exactly the named keys (`STAGE_PARAMS` of a stage), recorded in artifact metadata.
+
+        The keys only image folders read (FOLDER_KEYS) count only when data.dataset is one: the artifacts of
+        tensor datasets keep the bytes they had before those keys existed."""
+        if self.data.dataset not in FOLDER_DATASETS:
+            keys = [k for k in keys if k not in FOLDER_KEYS]
         blob = json.dumps({k: self.value(k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -247,9 +264,12 @@ def predecessor(prune: PruneConfig, name: str) -> str | None:
 # key a stage does not read (train.log_every, prune.rounds for a round, any prune.* for the dense round)
 # changes neither its bytes nor its staleness. `check` reads the whole file but always runs; data.root is
 # covered by data/raw.json, the raw files' digests `check` records for `prepare`.
+# data.image_size and data.resize shape every image a round of an image folder decodes; data.workers changes no batch
+# (every random draw is seeded by order seed, iteration and position, not by the worker), so it is in no list.
 _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
              "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
-             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "train.stack", "data.augment"]
+             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "train.stack", "data.augment",
+             "data.image_size", "data.resize"]
 # The run's settings that metrics/report.md lists (and the figures' subtitle): summarize reads them, so they are
 # among its params and a change to one reruns it; the report never shows settings of another run.
 REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",
@@ -259,7 +279,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
     "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
-             "train.lr_gamma", "train.device", "train.precision", "train.world_size", "prune.layers", "prune.ignore"],
+             "train.lr_gamma", "train.device", "train.precision", "train.world_size", "prune.layers", "prune.ignore",
+             "data.image_size", "data.resize"],
     # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
     "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability",
               "data.split_seed"],
@@ -375,6 +396,8 @@ def validate(cfg: Config) -> Config:
     _check(len(set(cfg.controls)) == len(cfg.controls), "controls", cfg.controls, "each control at most once")
     d = cfg.data
     _name(d.dataset, "data.dataset", DATASETS, "loader")
+    _check(d.resize >= d.image_size, "data.resize", d.resize, f"at least data.image_size={d.image_size} (the evaluation "
+           "transform center-crops image_size out of the resized image)")
     _name(cfg.model.name, "model.name", MODELS, "factory")
     if d.dataset in DATASETS and cfg.model.name in MODELS:
         takes = MODEL_DATASETS[cfg.model.name]

@@ -1,4 +1,5 @@
-"""Dataset registry, and the data a round reads. Everything is held in memory as tensors (no per-sample Dataset work).
+"""Dataset registry, and the data a round reads. Everything is held in memory as tensors (no per-sample Dataset work),
+except image folders, streamed from their files (`lottery.folder`, same interface).
 
 `prepare(cfg, record)` reads the raw files that `record` (data/raw.json, `lottery.raw`)
 lists, carves the validation split out of the training set by seed and returns a dict of
@@ -16,12 +17,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import STAGE_PARAMS, Config, ConfigError, is_import_path
+from .config import FOLDER_DATASETS, STAGE_PARAMS, Config, ConfigError, DataConfig, is_import_path
 from .raw import DataError, describe
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28), "mnist1d": (40,),
           "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32)}
 CLASSES = {name: 100 if name == "cifar100" else 10 for name in SHAPES}
+
+
+def sized_by_data(dataset: str) -> bool:
+    """Whether the classes and example shape are the prepared data's (your own loader, an image folder: see
+    `TensorData.classes`, `example_shape`) rather than the tables above."""
+    return is_import_path(dataset) or dataset in FOLDER_DATASETS
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -195,6 +202,10 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     """
     d = cfg.data
     record = describe(d.dataset, d.root) if record is None else record
+    if d.dataset in FOLDER_DATASETS:  # file names and labels, streamed by the rounds
+        from . import folder
+
+        return folder.prepare(cfg, record)
     if is_import_path(d.dataset):
         raw = _load_user(d.dataset)
     elif d.dataset == "mnist1d":
@@ -208,20 +219,7 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     else:
         raw = _load_idx_dataset(d.dataset, record["files"])
     check_raw(d.dataset, raw)
-    n = len(raw["y"])
-    if d.validation >= n:
-        raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).numpy()
-    val, train = perm[: d.validation], np.sort(perm[d.validation :])
-    if d.train_subset:
-        train = train[: d.train_subset]
-    seen = set(np.unique(raw["y"][train]).tolist())
-    for split, labels in (("validation", raw["y"][val]), ("test", raw["y_test"])):
-        unseen = sorted(set(np.unique(labels).tolist()) - seen)
-        if unseen:
-            raise DataError(f"data.dataset: {d.dataset}: {split} split: label {unseen[0]} does not occur in the "
-                            f"training split left after holding out data.validation={d.validation}"
-                            + (f" and keeping data.train_subset={d.train_subset}" if d.train_subset else ""))
+    val, train = holdout(d, raw["y"], raw["y_test"])
     x = torch.from_numpy(np.ascontiguousarray(raw["x"]))
     y = torch.from_numpy(raw["y"].astype(np.int64))
     x_train = x[torch.from_numpy(train)]
@@ -242,6 +240,27 @@ def prepare(cfg: Config, record: dict | None = None) -> dict[str, torch.Tensor]:
     }
 
 
+def holdout(d: DataConfig, y: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split carved out of the training examples (labels `y`): data.validation indices drawn
+    by data.split_seed, and the training indices left, sorted (the first data.train_subset of them when set).
+    Every validation and test label (`y_test`) must occur in what training keeps."""
+    n = len(y)
+    if d.validation >= n:
+        raise ConfigError(f"data.validation: {d.validation} is not allowed (must be < the {n} training examples of {d.dataset})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).numpy()
+    val, train = perm[: d.validation], np.sort(perm[d.validation :])
+    if d.train_subset:
+        train = train[: d.train_subset]
+    seen = set(np.unique(y[train]).tolist())
+    for split, labels in (("validation", y[val]), ("test", y_test)):
+        unseen = sorted(set(np.unique(labels).tolist()) - seen)
+        if unseen:
+            raise DataError(f"data.dataset: {d.dataset}: {split} split: label {unseen[0]} does not occur in the "
+                            f"training split left after holding out data.validation={d.validation}"
+                            + (f" and keeping data.train_subset={d.train_subset}" if d.train_subset else ""))
+    return val, train
+
+
 PREPARED = [f"{xy}_{split}" for split in ("train", "val", "test") for xy in "xy"] + ["mean", "std"]
 
 
@@ -250,9 +269,12 @@ def prepared_params(cfg: Config) -> str:
     return cfg.digest(STAGE_PARAMS["prepare"])
 
 
-def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: str | None = None) -> TensorData:
+def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: str | None = None,
+                  data: DataConfig | None = None) -> TensorData:
     """The prepared splits, normalised to float32 with the training split's mean and std, on `device`; with
-    `params` (`prepared_params`), the file must have been prepared with those params."""
+    `params` (`prepared_params`), the file must have been prepared with those params. A prepared image folder
+    (it holds `paths`) gives a `lottery.folder.FolderData`, the same interface, reading its images with the
+    settings of `data` (data.root, image_size, resize, workers)."""
     from .artifacts import ArtifactError, load
 
     path = Path(path)
@@ -263,6 +285,12 @@ def load_prepared(path: str | Path, device: str | torch.device = "cpu", params: 
     except ArtifactError as e:
         raise DataError(str(e)) from None
     _check_prepared(path, raw)
+    if "paths" in raw:
+        from . import folder
+
+        if data is None:
+            raise ValueError(f"{path} is a prepared image folder: load_prepared needs the data params to read it")
+        return folder.load(path, raw, device, data)
     out = {}
     for split in ("train", "val", "test"):
         x = (raw[f"x_{split}"].float() - raw["mean"]) / raw["std"]
@@ -282,10 +310,15 @@ def save_prepared(tensors: dict[str, torch.Tensor], path: str | Path, params: st
 
 
 def _check_prepared(path: Path, t: dict[str, torch.Tensor]) -> None:
-    """The keys, dtypes and shapes `load_prepared` relies on: labels int64 beside their examples, one example shape."""
+    """The keys, dtypes and shapes `load_prepared` relies on: labels int64 beside their examples, one example shape
+    (a prepared image folder's: `lottery.folder.check_prepared`)."""
     def bad(key: str, why: str) -> DataError:
         return DataError(f"{path}: prepared tensor '{key}' {why}; run `dvc repro -f prepare`")
 
+    if "paths" in t:  # an image folder's file list
+        from . import folder
+
+        return folder.check_prepared(t, bad)
     for key in PREPARED:
         if key not in t:
             raise bad(key, "is missing")
@@ -347,18 +380,18 @@ class TensorData:
       first_batches(order_seeds, batch_size, count)
                                          the first training batches of each data order, on the CPU (SNIP, GraSP)
 
-    What the next sources implement (design, not built):
+    A streaming source (`lottery.folder.FolderData`, data.dataset imagefolder or imagenet: `train/<class>/<image>`,
+    too large to prepare into one file) gives the same object. Its splits hold the file list in memory, and `y`
+    every label (from the class folders: cheap); `chunks` decodes the files in order with the evaluation
+    transform in DataLoader workers; `subset` is a split of the selected files. Its `orders` draws the same
+    indices as `Orders` (its index arithmetic, on no examples): `skip`, resume points and the indices need no
+    image, only `batch(idx)` differs: it decodes the files of `idx` in DataLoader workers (the indices are known
+    ahead, so batches are prefetched) and draws each example's random transform from a generator seeded by
+    (order seed, iteration, position in the global batch), never from the worker process, so a resumed run, or
+    another number of workers, sees the same tensors. Its orders are not `graphable`: the step is not captured
+    as a CUDA graph (decoding happens on the CPU).
 
-    A streaming source (`data.dataset: imagefolder`: `train/<class>/<image>`, too large to prepare into one
-    file) gives the same object. Its splits hold the file list in memory, and `y` every label (from the class
-    folders: cheap); `chunks` decodes the files in order with the evaluation transform in DataLoader workers;
-    `subset` is a split of the selected files. Its `orders` draws the same indices as `Orders` (a permutation
-    of the training examples per epoch from each order's seeded generator): `skip`, resume points and the
-    index arithmetic need no image, only `batch(idx)` differs: it decodes the files of `idx` in DataLoader
-    workers (the indices are known ahead, so batches are prefetched) and draws each example's random
-    transform from a generator seeded by (order seed, iteration, position in the batch), never from the worker
-    process, so a resumed run, or another number of workers, sees the same tensors. On CUDA the step then
-    copies each fetched batch into the captured graph's input instead of gathering by index inside it.
+    Design, not built yet:
 
     Data-parallel rounds (`train.world_size` W): `train.batch_size` B stays the global batch. Every rank
     builds the same `Orders` from the same seeds and draws the same indices (no communication), and rank r

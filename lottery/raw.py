@@ -1,5 +1,5 @@
 """The raw files of a dataset: where they are and what they hold. Torch-free: the `check` stage
-imports it on every repro.
+imports it on every repro (an image folder's manifest comes from `lottery.folder`, which imports torch).
 
 `describe(dataset, root)` is what `check` writes to data/raw.json: each file `prepare` will read
 (path, size, sha256), found by `locate` (the local copy under data.root first, then the system
@@ -15,7 +15,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from .config import ConfigError, LotteryError, is_import_path
+from .config import FOLDER_DATASETS, ConfigError, LotteryError, is_import_path
 
 # dataset -> (folder under data.root, system folder, torchvision class)
 IDX_DATASETS = {
@@ -101,9 +101,14 @@ def _mnist1d_args() -> dict:
 
 
 def describe(dataset: str, root: str | Path) -> dict:
-    """data/raw.json: the files `prepare` reads with size and sha256, or mnist1d's generator and its arguments."""
+    """data/raw.json: the files `prepare` reads with size and sha256, mnist1d's generator and its arguments, or an
+    image folder's manifest (`lottery.folder.describe`: relative paths and sizes digested, counts, classes)."""
     if is_import_path(dataset):  # your own loader: its source files, like your own network's
         return {"dataset": dataset, "code": describe_code(dataset, "data.dataset")["files"]}
+    if dataset in FOLDER_DATASETS:  # a manifest of the image files (lottery.folder imports torch)
+        from .folder import describe as manifest
+
+        return manifest(dataset, root)
     if dataset == "mnist1d":
         args = _mnist1d_args()
         return {"dataset": dataset, "generator": {"package": "mnist1d", "version": metadata.version("mnist1d"), "args": args}}

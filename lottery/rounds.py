@@ -27,7 +27,7 @@ import torch
 from . import artifacts, distributed, flops, generic, instability, masks, models, pruning, resume, saliency
 from .artifacts import ArtifactError
 from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
-from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params
+from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params, sized_by_data
 from .runtime import one_thread, resolve_device
 from .training import Result, digest, train
 
@@ -58,13 +58,14 @@ def build_model(cfg: Config, seeds: list[int], io: tuple[int, tuple[int, ...]] |
 
 
 def own(cfg: Config) -> bool:
-    """Your own network or your own dataset: sizes recorded in init's metadata, a dry forward before training."""
-    return is_import_path(cfg.model.name) or is_import_path(cfg.data.dataset)
+    """Your own network, or data sized by its files (your own dataset, an image folder): sizes recorded in init's
+    metadata, a dry forward before training."""
+    return is_import_path(cfg.model.name) or sized_by_data(cfg.data.dataset)
 
 
 def init_io(cfg: Config, runs: Path) -> tuple[int, tuple[int, ...]] | None:
-    """The classes and input shape init recorded (your own dataset's come from its data), else None."""
-    if not is_import_path(cfg.data.dataset):
+    """The classes and input shape init recorded (your own dataset's, an image folder's come from its data), else None."""
+    if not sized_by_data(cfg.data.dataset):
         return None
     _, meta = artifacts.load(runs / "init" / "model.pt", "weights")
     return meta["num_classes"], tuple(meta["input_shape"])
@@ -73,7 +74,7 @@ def init_io(cfg: Config, runs: Path) -> tuple[int, tuple[int, ...]] | None:
 def dry_check(cfg: Config, model: torch.nn.Module, data: TensorData) -> None:
     """Your own network or dataset: a dry forward on one batch before any training."""
     if own(cfg):
-        classes = data.classes if is_import_path(cfg.data.dataset) else CLASSES[cfg.data.dataset]
+        classes = data.classes if sized_by_data(cfg.data.dataset) else CLASSES[cfg.data.dataset]
         x, _ = next(data.train.chunks(cfg.train.batch_size))
         generic.check(model, x, data.train.y, classes)
 
@@ -99,8 +100,8 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     trained for `rewind.iteration` iterations (data from `data_path`).
     """
     seeds = trial_seeds(cfg)
-    prepared = load_prepared(data_path, params=prepared_params(cfg)) if own(cfg) else None
-    io = (prepared.classes, prepared.example_shape) if is_import_path(cfg.data.dataset) else None
+    prepared = load_prepared(data_path, params=prepared_params(cfg), data=cfg.data) if own(cfg) else None
+    io = (prepared.classes, prepared.example_shape) if sized_by_data(cfg.data.dataset) else None
     model = build_model(cfg, seeds, io)
     names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
@@ -109,7 +110,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
         dry_check(cfg, model, prepared)
     if k:
         device = resolve_device(cfg.train.device, cfg.train.precision)
-        data = load_prepared(data_path, device, prepared_params(cfg))
+        data = load_prepared(data_path, device, prepared_params(cfg), cfg.data)
         models.to_device(model, device)
         log(f"[init] training {len(seeds)} dense network(s) to iteration {k} (the rewind point θk)")
         head = dataclasses.replace(cfg.train, iterations=k, eval_every=k)
@@ -270,7 +271,7 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
     device = resolve_device(cfg.train.device, cfg.train.precision)
-    data = load_prepared(data_path, device, prepared_params(cfg))
+    data = load_prepared(data_path, device, prepared_params(cfg), cfg.data)
     stack = build_stack(cfg, name, prev, runs, data, log)
     models.to_device(stack.model, device)
     dry_check(cfg, stack.model, data)

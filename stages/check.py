@@ -1,8 +1,9 @@
 """check: validate the whole params.yaml, record the raw data prepare will read -> data/raw.json.
 
-Runs first, on every repro (always_changed), and imports no torch. A bad params.yaml fails here,
-naming the key, before any stage deletes its outputs; a raw file replaced or edited changes
-data/raw.json (path, size, sha256 of each file; mnist1d: generator version and arguments), so
+Runs first, on every repro (always_changed), and imports no torch (except for an image folder:
+lottery.folder). A bad params.yaml fails here, naming the key, before any stage deletes its outputs; a
+raw file replaced or edited changes data/raw.json (path, size, sha256 of each file; mnist1d: generator
+version and arguments; an image folder: the digest of every file's relative path and size), so
 `prepare` reruns. Your own network's source files (model.name 'package.module:factory') are
 digested likewise into data/code.json, on which the stages that build it depend. Resume points of rounds
 that have finished since they were saved (trained, or restored from the run-cache) are deleted.
@@ -31,8 +32,11 @@ def main() -> None:
     code = raw.describe_code(cfg.model.name)
     Path(args.code).parent.mkdir(parents=True, exist_ok=True)
     Path(args.code).write_text(json.dumps(code, indent=1, sort_keys=True) + "\n")
-    what = (f"{len(record['files'])} files" if "files" in record else f"loader, {len(record['code'])} source files"
-            if "code" in record else "generator " + record["generator"]["version"])
+    if "manifest" in record:
+        what = "{train} train / {val} val images".format(**record["manifest"]) + f" in {len(record['classes'])} classes"
+    else:
+        what = (f"{len(record['files'])} files" if "files" in record else f"loader, {len(record['code'])} source files"
+                if "code" in record else "generator " + record["generator"]["version"])
     print(f"[check] {args.params} valid; {cfg.data.dataset}: {what} -> {out}")
     for f in resume.sweep(Path(args.resume_dir), Path(args.runs)):
         print(f"[check] deleted {f}: its round has finished since (or it is a leftover)")
