@@ -339,6 +339,17 @@ def test_an_image_folder_trains_through_dvc_and_an_edited_image_reruns_prepare_a
     assert metrics and (repo.path / "metrics" / "summary.json").exists()
     trained = (repo.path / "runs" / "r1" / "model.pt").read_bytes()
 
+    # the dense round again as 2 processes (gloo), each decoding its half of every augmented batch in its own
+    # DataLoader worker: the same networks up to the order of float sums
+    one = artifacts.load(repo.path / "runs" / "r0" / "model.pt", "weights")[0]
+    repo.set_params({"train": {"world_size": 2}})
+    out = repo.dvc("repro", "dense")
+    assert ran(out.stdout) == ["init", "dense"], out.stdout
+    two = artifacts.load(repo.path / "runs" / "r0" / "model.pt", "weights")[0]
+    assert 0 < max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-4
+    repo.set_params({"train": {"world_size": 1}})
+    assert ran(repo.dvc("repro").stdout) == []  # back from the run-cache
+
     # a corrupt image met while training (a held-out validation file: read at the first evaluation) stops the round
     # in one line naming it, its outputs untouched
     tensors, _ = artifacts.load(repo.path / "data" / "prepared.pt", "prepared")
