@@ -26,6 +26,9 @@ COLUMNS = [
     "early_stop_iteration", "test_accuracy", "final_test_accuracy", "min_val_loss",
 ]
 RUN_COLUMNS = ["criterion", "at"]  # how the round pruned (prune.criterion, prune.at), from its metrics.json
+# The ticket's early-bird search (prune.early_bird.enabled; empty otherwise and for controls): the early-bird
+# iteration (empty when the mask never stabilised) and the fraction of the round's iterations the search saved
+EARLY_BIRD_COLUMNS = ["early_bird_iteration", "early_bird_saved"]
 VARIANTS = ["ticket", "reinit", "random", "invert"]
 CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
@@ -101,16 +104,19 @@ def collect(runs: Path, round_names: list[str], cfg: Config | None = None) -> St
     rows, curves, layers, seeds = [], [], [], {}
     for name in round_names:
         m = _read(runs / name / "metrics.json", name)
+        saved = {e["trial"]: e["saved"] for e in m.get("early_bird", {}).get("trials", [])}
         for n in m["networks"]:
+            bird = {"early_bird_iteration": n.get("early_bird_iteration"),
+                    "early_bird_saved": saved.get(n["trial"]) if n["variant"] == "ticket" else None}
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
-                         "criterion": m.get("criterion"), "at": m.get("at")})  # none for the dense round
+                         "criterion": m.get("criterion"), "at": m.get("at"), **bird})  # none for the dense round
         curves.append(read_curves(runs / name / "live").assign(round=name, index=m["index"]))
         tickets = sorted((n for n in m["networks"] if n["variant"] == "ticket"), key=lambda n: n["trial"])
         seeds[name] = [n["seed"] for n in tickets]  # what the round's mask must record
         for layer in tickets[0]["layers_remaining"]:
             pct = sum(n["layers_remaining"][layer] for n in tickets) / len(tickets)
             layers.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
-    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS + EARLY_BIRD_COLUMNS)
     inst, points = read_instability(runs, round_names)
     if not inst.empty:  # the ticket rows of the tidy table get their instability
         df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])
