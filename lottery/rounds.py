@@ -342,9 +342,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     _check_saved(trained, stack.mask, name)
     if search is not None:
         search.finish(trained)
-        log(f"[{name}] early-bird iteration " + "  ".join(
-            f"trial {t}: {it if it is not None else f'none (final weights, {cfg.train.iterations})'}"
-            for t, it in enumerate(search.iteration)))
+        found = ["none (the next round prunes the final weights)" if it is None else str(it) for it in search.iteration]
+        log(f"[{name}] early-bird iteration  " + "  ".join(f"trial {t}: {f}" for t, f in enumerate(found)))
     line = None
     if subset is not None:
         t1 = time.perf_counter()

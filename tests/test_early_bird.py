@@ -173,3 +173,35 @@ def test_a_resumed_training_continues_the_search_where_it_stopped(tmp_path):
     resumed = run(tmp_path)
     assert resumed.iteration == whole.iteration and resumed.curve == whole.curve
     assert all(torch.equal(resumed.weights[k], whole.weights[k]) for k in whole.weights)
+
+
+def test_a_round_prunes_early_bird_pt_and_refuses_one_searched_under_other_pruning_params(tmp_path):
+    # the dense stage does not list prune.rate & co (without early-bird it prunes nothing): its early_bird.pt records
+    # the values it searched under, and r1 refuses one that does not match params.yaml's
+    from test_rounds import NAMES, fake_round
+
+    def make(rate):
+        return config.from_dict({"trials": 2, "data": {"dataset": "mnist1d", "validation": 500},
+                                 "model": {"name": "mlp-mnist1d"}, "controls": [],
+                                 "train": {"iterations": 10, "eval_every": 5, "batch_size": 10, "log_every": 0},
+                                 "prune": {"rate": rate, "rounds": 1, "chain": config.chain(1),
+                                           "early_bird": {"enabled": True}}})
+
+    cfg, runs = make(0.2), tmp_path / "runs"
+    rounds.init(cfg, runs / "init")
+    final = fake_round(runs, "r0", cfg=cfg)
+    bird = {k: final[k].flip(-1) for k in NAMES}  # other weights than model.pt's
+    meta = {"kind": "weights", "model": cfg.model.name, "round": "r0", "seeds": [0, 1],
+            "params": config.artifact_params(cfg, "r0"), "early_bird_iteration": [5, 5]}
+    artifacts.save(runs / "r0" / "early_bird.pt", bird, {**meta, "searched_with": cfg.digest(config.SEARCH_KEYS)})
+    stack = rounds.build_stack(cfg, "r1", "r0", runs)
+    ones = {k: torch.ones(final[k].shape, dtype=torch.bool) for k in NAMES}
+    assert all(torch.equal(stack.ticket_mask[k], m) for k, m in
+               rounds.prune_trained(cfg, "r1", stack.kinds, {}, bird, ones)[0].items())
+    assert any(not torch.equal(stack.ticket_mask[k], m) for k, m in
+               rounds.prune_trained(cfg, "r1", stack.kinds, {}, final, ones)[0].items())
+    other = make(0.3)
+    artifacts.save(runs / "r0" / "early_bird.pt", bird, {**meta, "searched_with": other.digest(config.SEARCH_KEYS)})
+    with pytest.raises(artifacts.ArtifactError, match=r"early_bird.pt: searched for the next round's mask under other "
+                                                      r"values of prune.strategy, prune.rate.*`dvc repro -f dense`$"):
+        rounds.build_stack(cfg, "r1", "r0", runs)
