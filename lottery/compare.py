@@ -49,15 +49,17 @@ def read_rounds(rev: str):
 
 
 def plot(tables: dict, out: Path) -> Path:
-    """Test accuracy against weights remaining, one colour per experiment (label: name and criterion), the
-    ticket solid and each control dashed, mean and min/max band over trials; log x axis, sparsest right."""
+    """Test accuracy against weights remaining, one colour per experiment (label: name and criterion, and
+    'early-bird' for an experiment whose rounds pruned early-bird weights), the ticket solid and each control
+    dashed, mean and min/max band over trials; log x axis, sparsest right."""
     from .summary import VARIANTS, _plt, _save
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
     styles = {"ticket": "-", "reinit": "--", "random": ":", "invert": "-."}
     for colour, (rev, df) in enumerate(tables.items()):
-        crit = f" ({df['criterion'].iloc[-1]}, at {df['at'].iloc[-1]})" if "criterion" in df else ""
+        bird = ", early-bird" if "early_bird_iteration" in df and df["early_bird_iteration"].notna().any() else ""
+        crit = f" ({df['criterion'].iloc[-1]}, at {df['at'].iloc[-1]}{bird})" if "criterion" in df else ""
         for v in [v for v in VARIANTS if v in set(df["variant"])]:
             g = df[df["variant"] == v].groupby("round")
             s = g[["weights_remaining", "test_accuracy"]].mean().join(g["test_accuracy"].agg(["min", "max"]))

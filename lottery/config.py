@@ -68,6 +68,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "train.log_every": (0, 10_000_000),
     "prune.score_batches": (1, 1_000),
     "prune.synflow_iterations": (1, 10_000),
+    "prune.early_bird.window": (1, 10_000),
     "instability.points": (2, 1_000),
     "instability.train_subset": (1, 10_000_000),
     "instability.bn_batches": (1, 10_000),
@@ -153,6 +154,17 @@ class TrainConfig:
 
 
 @dataclass
+class EarlyBirdConfig:
+    enabled: bool = _help("early-bird search (You et al. 2020): at every evaluation of a round, the mask the next round "
+                          "would take from the ticket's weights; the next round prunes the weights of the evaluation "
+                          "at which that mask has stabilised (the early-bird iteration) instead of the final ones", False)
+    epsilon: float = _help("the mask has stabilised when the normalised Hamming distances (fraction of prunable "
+                           "positions that differ) between successive evaluations' masks stay below this over the "
+                           "last `window` evaluations, in (0, 1]", 0.1)
+    window: int = _help("distances (evaluations) the stopping rule looks back over", 5)
+
+
+@dataclass
 class PruneConfig:
     strategy: str = _help("layerwise (each layer at its kind's rate) or global (one ranking over `global_kinds`)", "layerwise")
     rate: float = _help("fraction of remaining fully-connected weights pruned per round, in (0, 1)", 0.2)
@@ -174,6 +186,7 @@ class PruneConfig:
     score_batches: int = _help("training batches SNIP and GraSP score on (the first of each trial's data order; 2 x 60 "
                                "images: about the papers' 100)", 2)
     synflow_iterations: int = _help("SynFlow's pruning iterations per round (exponential schedule)", 100)
+    early_bird: EarlyBirdConfig = field(default_factory=EarlyBirdConfig)
 
 
 @dataclass
@@ -274,6 +287,11 @@ _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "tra
 # among its params and a change to one reruns it; the report never shows settings of another run.
 REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",
                    "prune.criterion", "controls", "trials", "seed"]
+# The prune keys the early-bird search reads to take the next round's mask (`lottery.rounds.prune_trained` with
+# prune.at: trained). Round stages list them all; the dense stage does not (its other runs prune nothing), so its
+# early_bird.pt records their digest and r1 refuses one searched under other values (`lottery.rounds`).
+SEARCH_KEYS = ["prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate", "prune.global_kinds",
+               "prune.layer_rates", "prune.criterion"]
 STAGE_PARAMS: dict[str, list[str]] = {
     "check": [],
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
@@ -281,12 +299,13 @@ STAGE_PARAMS: dict[str, list[str]] = {
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
              "train.lr_gamma", "train.device", "train.precision", "train.world_size", "prune.layers", "prune.ignore",
              "data.image_size", "data.resize"],
-    # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round
-    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "instability",
-              "data.split_seed"],
+    # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round;
+    # prune.early_bird: the dense round's training is r1's search (`lottery.early_bird`)
+    "dense": [*_TRAINING, "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore", "prune.early_bird",
+              "instability", "data.split_seed"],
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
-              "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "rewind",
+              "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "prune.early_bird", "rewind",
               "instability", "data.split_seed"],
     "summarize": ["summary", *REPORT_SETTINGS],
 }
@@ -454,7 +473,23 @@ def validate(cfg: Config) -> Config:
     _check(0 < r.finetune_lr < math.inf, "rewind.finetune_lr", r.finetune_lr, "a finite number > 0")
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
     _validate_instability(cfg)
+    _validate_early_bird(cfg)
     return cfg
+
+
+def _validate_early_bird(cfg: Config) -> None:
+    e, p = cfg.prune.early_bird, cfg.prune
+    _check(0 < e.epsilon <= 1, "prune.early_bird.epsilon", e.epsilon, "a number in (0, 1]: a fraction of positions")
+    if not e.enabled:
+        return
+    why = "the early-bird search watches the mask the next round takes from this round's trained ticket"
+    _check(p.at == "trained", "prune.early_bird.enabled", e.enabled, f"{why}: it needs prune.at: trained, not {p.at!r}")
+    _check(p.schedule == "iterative", "prune.early_bird.enabled", e.enabled,
+           f"{why}: it needs prune.schedule: iterative, not {p.schedule!r}")
+    _check(cfg.rewind.to in ("init", "iteration"), "prune.early_bird.enabled", e.enabled,
+           f"early-bird tickets are rewound: it needs rewind.to init or iteration, not {cfg.rewind.to!r}")
+    _check(cfg.train.stack == 0, "prune.early_bird.enabled", e.enabled,
+           f"the search watches the ticket inside the whole stack: it needs train.stack: 0, not {cfg.train.stack}")
 
 
 def _check_pai(cfg: Config) -> None:

@@ -34,3 +34,10 @@ def percent_remaining(mask: Mask) -> torch.Tensor:
 def is_subset(new: Mask, old: Mask) -> bool:
     """Every weight kept in `new` was kept in `old` (masks only shrink)."""
     return all(not (new[k] & ~old[k]).any() for k in new)
+
+
+def distance(a: Mask, b: Mask, among: Mask) -> torch.Tensor:
+    """Normalised Hamming distance per network: the fraction of the positions `among` keeps (the weights a pruning
+    step chooses from; every position for a dense mask) where masks `a` and `b` differ, (N,) float64."""
+    differ = sum((a[k] != b[k]).flatten(1).sum(1) for k in a)
+    return differ.double() / sum(kept(among).values()).double()

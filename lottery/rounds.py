@@ -8,6 +8,8 @@ Files written per round (all under runs/<round>/):
   model.pt     the ticket's trained weights, one per trial (the next round prunes these)
   controls.pt  masks and trained weights of the controls (and of the ticket's second copy, `copy`,
                with `instability.enabled`)
+  early_bird.pt with `prune.early_bird.enabled`: the ticket's prunable weights at each trial's early-bird
+               iteration, which the next round prunes instead of model.pt's (`lottery.early_bird`); else empty
   metrics.json per-network results (summarize reads these)
   live/        validation curves of every network, in DVCLive's layout (`dvc plots show`)
 """
@@ -24,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, flops, generic, instability, masks, models, pruning, resume, saliency
+from . import artifacts, distributed, early_bird, flops, generic, instability, masks, models, pruning, resume, saliency
 from .artifacts import ArtifactError
-from .config import Config, ConfigError, artifact_params, is_import_path, predecessor
+from .config import SEARCH_KEYS, Config, ConfigError, artifact_params, dvc_stage, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params, sized_by_data
 from .runtime import one_thread, resolve_device
 from .training import Result, digest, train
@@ -160,6 +162,8 @@ class Stack:
     order_seeds: list[int] = field(default_factory=list)  # data order of each network: its trial's seed
     start: int = 0  # iteration the schedule resumes at (rewinding to θk)
     constant_lr: float | None = None  # fine-tuning
+    kinds: dict[str, str] = field(default_factory=dict)  # prunable layer -> conv, fc or output
+    theta0: dict[str, torch.Tensor] = field(default_factory=dict)  # the rewind point (magnitude_increase scores it)
 
     def rows(self, variant: str, trial: int | None = None) -> slice | int:
         """The rows of `variant` in every stacked tensor (a slice over its trials), or the row of one trial."""
@@ -189,19 +193,23 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: TensorData 
                             f"rewind.iteration asks for {want_k}; `dvc repro init`")
     prev_weights, prev_mask, _ = _load_round(cfg, runs, prev, reference, names)
     _check_kept(cfg, runs / prev / "mask.pt", prev_mask, kinds, prev)
+    searched = prev_weights  # the weights this round prunes: the early-bird iteration's with prune.early_bird
+    if cfg.prune.early_bird.enabled and k > 0:
+        searched = _load_early_bird(cfg, runs, prev, {n: reference[n] for n in names})
 
     # Prune the trained ticket of the round named by the chain (round 0 prunes nothing); prune.at: init
     # prunes the rewind point instead, and ignores the previous round's weights.
     ticket_mask, inverted = prev_mask, None
     if k > 0:
-        ticket_mask, inverted = _prune(cfg, name, kinds, theta0, prev_weights, prev_mask, data, log)
+        ticket_mask, inverted = _prune(cfg, name, kinds, theta0, searched, prev_mask, data, log)
         if cfg.prune.at == "init":
             _check_kept(cfg, runs / name / "mask.pt", ticket_mask, kinds, name)
 
     # The ticket's second copy (instability) comes last: every other network keeps its rows and data order.
     variants = ["ticket"] + (list(cfg.controls) if k > 0 else []) + (["copy"] if cfg.instability.enabled else [])
     stack = Stack(variants, cfg.trials, names, ticket_mask, start=want_k,
-                  constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None)
+                  constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None,
+                  kinds=kinds, theta0={n: theta0[n] for n in names})
     n = len(variants) * cfg.trials
     stack.init_seeds, stack.mask_seeds, stack.order_seeds = [0] * n, [None] * n, [0] * n
     for v in variants:
@@ -242,13 +250,9 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
     prune.at: trained prunes the previous ticket by its trained weights' scores; prune.at: init scores the
     rewind point θ0/θk (`init`) and prunes the dense mask straight to the round's planned counts.
     `invert` keeps the lowest of the same scores among the same mask, at the ticket's per-layer counts."""
-    p, k, names = cfg.prune, round_index(name), list(kinds)
-    seeds = [derived_seed(s, "criterion", name) for s in trial_seeds(cfg)]  # the random criterion's, per trial
+    p, k, seeds = cfg.prune, round_index(name), criterion_seeds(cfg, name)
     if p.at == "trained":
-        plan = pruning.plan(p, kinds, k)
-        score = pruning.scores(p.criterion, {n: prev_weights[n] for n in names}, theta0, seeds)
-        ticket = pruning.prune(score, prev_mask, plan)
-        pruning.check(plan, ticket, prev_mask)
+        ticket, score = prune_trained(cfg, name, kinds, theta0, prev_weights, prev_mask)
         base = prev_mask
     else:
         needs_data = p.criterion in ("snip", "grasp", "synflow")
@@ -268,6 +272,51 @@ def _prune(cfg: Config, name: str, kinds: dict[str, str], theta0, prev_weights, 
     return ticket, inverted
 
 
+def criterion_seeds(cfg: Config, name: str, trials: list[int] | None = None) -> list[int]:
+    """The seed of round `name`'s random criterion, per trial (of `trials`, default all)."""
+    seeds = trial_seeds(cfg)
+    return [derived_seed(seeds[t], "criterion", name) for t in (range(cfg.trials) if trials is None else trials)]
+
+
+def prune_trained(cfg: Config, name: str, kinds: dict[str, str], theta0, weights, mask: masks.Mask,
+                  trials: list[int] | None = None) -> tuple[masks.Mask, dict[str, torch.Tensor]]:
+    """Round `name`'s ticket mask (prune.at: trained) from the trained `weights` and `mask` of the round it prunes,
+    and the scores; `trials` (default: all) names the trials the stacked tensors hold, in order."""
+    seeds = criterion_seeds(cfg, name, trials)
+    plan = pruning.plan(cfg.prune, kinds, round_index(name))
+    score = pruning.scores(cfg.prune.criterion, {n: weights[n] for n in kinds}, theta0, seeds)
+    new = pruning.prune(score, mask, plan)
+    pruning.check(plan, new, mask)
+    return new, score
+
+
+def _load_early_bird(cfg: Config, runs: Path, name: str, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ticket weights of round `name` at its early-bird iterations (`early_bird.pt`), checked."""
+    expect = {"model": cfg.model.name, "round": name, "seeds": trial_seeds(cfg), "params": artifact_params(cfg, name)}
+    path = runs / name / "early_bird.pt"
+    weights, meta = artifacts.load(path, "weights", expect)
+    if meta.get("searched_with") != cfg.digest(SEARCH_KEYS):
+        raise ArtifactError(f"{path}: searched for the next round's mask under other values of "
+                            f"{', '.join(SEARCH_KEYS)} than params.yaml's; `dvc repro -f {dvc_stage(name)}`")
+    artifacts.check_like(path, weights, reference)
+    return weights
+
+
+def _search(cfg: Config, name: str, stack: Stack) -> early_bird.Search | None:
+    """The early-bird search of the round after `name` in this round's ticket training (None when off)."""
+    e = cfg.prune.early_bird
+    if not e.enabled:
+        return None
+    following, tick = f"r{round_index(name) + 1}", stack.rows("ticket")
+
+    def next_mask(weights: dict[str, torch.Tensor], trials: list[int]) -> masks.Mask:
+        theta0 = {n: v[trials] for n, v in stack.theta0.items()}
+        mask = {n: m[tick][trials] for n, m in stack.mask.items()}
+        return prune_trained(cfg, following, stack.kinds, theta0, weights, mask, trials)[0]
+
+    return early_bird.Search(tick, {n: m[tick] for n, m in stack.mask.items()}, next_mask, e.epsilon, e.window)
+
+
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
     device = resolve_device(cfg.train.device, cfg.train.precision)
@@ -279,23 +328,28 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     subset = _instability_subset(cfg, len(data.train))  # bad input stops the round before training
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
+    search = _search(cfg, name, stack)
     t0 = time.perf_counter()
     if started is not None:
         log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
-    result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs))
+    result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs), watch=search)
     seconds = time.perf_counter() - t0
     if not distributed.is_main():  # rank 0 of a data-parallel round writes the round
         return {}
 
     trained = {key: v.detach().cpu() for key, v in stack.model.state_dict().items()}
     _check_saved(trained, stack.mask, name)
+    if search is not None:
+        search.finish(trained)
+        found = ["none (the next round prunes the final weights)" if it is None else str(it) for it in search.iteration]
+        log(f"[{name}] early-bird iteration  " + "  ".join(f"trial {t}: {f}" for t, f in enumerate(found)))
     line = None
     if subset is not None:
         t1 = time.perf_counter()
         line = measure_instability(cfg, stack, stack.model.state_dict(), data, subset)
         log(f"[{name}] instability (test) " + "  ".join(f"trial {t['trial']}: {t['test_instability']:.2f} pp"
             for t in line["trials"]) + f"  ({cfg.instability.points} points in {time.perf_counter() - t1:.1f}s)")
-    metrics = write_round(cfg, name, stack, trained, result, runs / name, line, data.example_shape, prev)
+    metrics = write_round(cfg, name, stack, trained, result, runs / name, line, data.example_shape, prev, search)
     for v in stack.variants:
         rows = [n for n in metrics["networks"] if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
@@ -306,7 +360,7 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
 
 
 def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, name: str, log=print,
-                 resume_dir: Path | None = None, io=None) -> Result:
+                 resume_dir: Path | None = None, io=None, watch: early_bird.Search | None = None) -> Result:
     """Train the round's networks (`stack`, in place): all at once, or `train.stack` at a time, group after group.
 
     Every network of a stack trains on its own, so a group trains as it would in the whole stack (the same up to
@@ -316,7 +370,9 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
     kw = dict(log=log, resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds, start=stack.start,
               constant_lr=stack.constant_lr, augment=cfg.data.augment)
     if size >= n:
-        return train(stack.model, mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, **kw)
+        return train(stack.model, mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, watch=watch, **kw)
+    if watch is not None:  # (config.validate refuses the combination; a guard for library callers)
+        raise ConfigError(f"prune.early_bird: not with train.stack={size} < the round's {n} networks")
     state, parts = stack.model.state_dict(), []
     for g, lo in enumerate(range(0, n, size)):
         rows = slice(lo, min(lo + size, n))
@@ -367,8 +423,10 @@ def measure_instability(cfg: Config, stack: Stack, state: dict[str, torch.Tensor
 
 
 def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.Tensor], result, out: Path,
-                line: dict | None, example_shape: tuple[int, ...], prev: str) -> dict:
-    """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, metrics.json; returns the metrics.
+                line: dict | None, example_shape: tuple[int, ...], prev: str,
+                search: early_bird.Search | None = None) -> dict:
+    """The round's outputs: mask.pt and model.pt (the ticket), controls.pt, early_bird.pt, metrics.json; returns
+    the metrics.
 
     metrics.json records each network's compute (`iterations` trained in this round, `forward_macs` per example,
     `train_flops`) and the round's `cost`: where its mask and start weights come from and θk's training
@@ -383,6 +441,9 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         controls.update({f"{v}/mask/{key}": mask[key][rows] for key in names})
         controls.update({f"{v}/weights/{key}": val[rows] for key, val in trained.items()})
     artifacts.save(out / "controls.pt", controls, _meta(cfg, "controls", name, variants=stack.variants[1:]))
+    artifacts.save(out / "early_bird.pt", search.weights if search else {},
+                   _meta(cfg, "weights", name, early_bird_iteration=search.iteration if search else None,
+                         searched_with=cfg.digest(SEARCH_KEYS)))
 
     remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
     order = [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
@@ -405,34 +466,58 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
         "iterations": iterations, "forward_macs": macs[i], "train_flops": flops.train_flops(macs[i], batch, iterations),
     } for v, t, i in order]
     metrics = {"round": name, "index": k, "networks": networks, "cost": cost}
+    series = {}
+    if search is not None:
+        metrics["early_bird"] = _early_bird_record(cfg, name, stack, search)
+        for n in networks[:stack.trials]:  # the ticket's rows come first
+            n["early_bird_iteration"] = search.iteration[n["trial"]]
+        series = {("ticket", t): {"mask_distance": [(it, round(d, 6)) for it, d in c]}
+                  for t, c in enumerate(search.curve)}
     if round_index(name) > 0:  # how this round pruned (the dense round prunes nothing and lists no prune.* params)
         metrics.update(criterion=cfg.prune.criterion, at=cfg.prune.at)
     if line is not None:
         metrics["instability"] = line
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
-    log_curves(out / "live", order, result.curve)
+    log_curves(out / "live", order, result.curve, series)
     return metrics
 
 
-def log_curves(folder: Path, order: list[tuple[str, int, int]], curve: list[dict]) -> None:
+def _early_bird_record(cfg: Config, name: str, stack: Stack, search: early_bird.Search) -> dict:
+    """What the early-bird search of round `name` found, per trial: the early-bird iteration (None: the mask never
+    stabilised, the next round prunes the final weights), the iterations the search trained, and the fraction of
+    the round's training iterations it saved (the FLOPs a search that stops there saves, per network)."""
+    e, its, start = cfg.prune.early_bird, cfg.train.iterations, stack.start
+    trials = []
+    for t, it in enumerate(search.iteration):
+        searched = its if it is None else it
+        trials.append({"trial": t, "iteration": it, "search_iterations": searched - start,
+                       "saved": round((its - searched) / (its - start), 6)})
+    return {"epsilon": e.epsilon, "window": e.window, "next_round": f"r{round_index(name) + 1}", "trials": trials}
+
+
+def log_curves(folder: Path, order: list[tuple[str, int, int]], curve: list[dict],
+               series: dict[tuple[str, int], dict[str, list[tuple[int, float]]]] | None = None) -> None:
     """Every network's validation curve in DVCLive's layout (step = iteration), so `dvc plots show` and DVC's
     editor integrations display them: folder/plots/metrics/<variant>/<trial>/val_{acc,loss}.tsv (accuracy in %)
-    and folder/metrics.json (the last values). Written directly, not through `dvclive.Live`, which asks git for
-    the current revision (it fails in a repository with no commit) and costs most of a second per round.
+    and folder/metrics.json (the last values), plus the (iteration, value) `series` of a (variant, trial) as
+    <key>.tsv beside them (the early-bird search's mask_distance). Written directly, not through `dvclive.Live`,
+    which asks git for the current revision (it fails in a repository with no commit) and costs most of a second
+    per round.
     Written beside `folder` and renamed into place: never half a folder."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     last: dict = {}
     for v, t, i in order:
-        series = {"val_acc": [round(100 * row["val_acc"][i], 4) for row in curve],
-                  "val_loss": [round(row["val_loss"][i], 6) for row in curve]}
+        net = {"val_acc": [(row["iteration"], round(100 * row["val_acc"][i], 4)) for row in curve],
+               "val_loss": [(row["iteration"], round(row["val_loss"][i], 6)) for row in curve],
+               **(series or {}).get((v, t), {})}
         sub = tmp / "plots" / "metrics" / v / str(t)
         sub.mkdir(parents=True, exist_ok=True)
-        for key, values in series.items():
-            lines = [f"step\t{key}"] + [f"{row['iteration']}\t{x}" for row, x in zip(curve, values)]
+        for key, values in net.items():
+            lines = [f"step\t{key}"] + [f"{it}\t{x}" for it, x in values]
             (sub / f"{key}.tsv").write_text("\n".join(lines) + "\n")
-        last.setdefault(v, {})[str(t)] = {key: values[-1] for key, values in series.items() if values}
+        last.setdefault(v, {})[str(t)] = {key: values[-1][1] for key, values in net.items() if values}
     (tmp / "metrics.json").write_text(json.dumps({**last, "step": curve[-1]["iteration"] if curve else 0}, indent=4) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

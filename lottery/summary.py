@@ -32,6 +32,9 @@ RUN_COLUMNS = ["criterion", "at"]  # how the round pruned (prune.criterion, prun
 # rounds written before compute accounting.
 COST_COLUMNS = ["iterations", "forward_macs", "train_flops"]
 FLOPS_KEYS = ["train_flops", "cumulative_flops", "cumulative_iterations"]  # per round and variant in rounds.json
+# The ticket's early-bird search (prune.early_bird.enabled; empty otherwise and for controls): the early-bird
+# iteration (empty when the mask never stabilised) and the fraction of the round's iterations the search saved
+EARLY_BIRD_COLUMNS = ["early_bird_iteration", "early_bird_saved"]
 VARIANTS = ["ticket", "reinit", "random", "invert"]
 CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
@@ -108,17 +111,20 @@ def collect(runs: Path, round_names: list[str], cfg: Config | None = None) -> St
     for name in round_names:
         m = _read(runs / name / "metrics.json", name)
         costs[name] = m.get("cost")
+        saved = {e["trial"]: e["saved"] for e in m.get("early_bird", {}).get("trials", [])}
         for n in m["networks"]:
+            bird = {"early_bird_iteration": n.get("early_bird_iteration"),
+                    "early_bird_saved": saved.get(n["trial"]) if n["variant"] == "ticket" else None}
             rows.append({"round": name, "index": m["index"], **{k: n[k] for k in COLUMNS[3:]}, "variant": n["variant"],
                          "criterion": m.get("criterion"), "at": m.get("at"),  # none for the dense round
-                         **{k: n.get(k) for k in COST_COLUMNS}})
+                         **{k: n.get(k) for k in COST_COLUMNS}, **bird})
         curves.append(read_curves(runs / name / "live").assign(round=name, index=m["index"]))
         tickets = sorted((n for n in m["networks"] if n["variant"] == "ticket"), key=lambda n: n["trial"])
         seeds[name] = [n["seed"] for n in tickets]  # what the round's mask must record
         for layer in tickets[0]["layers_remaining"]:
             pct = sum(n["layers_remaining"][layer] for n in tickets) / len(tickets)
             layers.append({"round": name, "index": m["index"], "layer": layer, "percent_remaining": pct})
-    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS + COST_COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS + COST_COLUMNS + EARLY_BIRD_COLUMNS)
     df[COST_COLUMNS] = df[COST_COLUMNS].apply(pd.to_numeric)
     df = pd.concat([df, flops.cumulative(df, costs)], axis=1)
     inst, points = read_instability(runs, round_names)

@@ -123,13 +123,14 @@ class EarlyStop:
         self.curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
 
 
-def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop) -> None:
+def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop, watch=None) -> None:
     atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(), **orders.state_dict(),
-                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve}, path)
+                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve,
+                 **({"watch": watch.state_dict()} if watch else {})}, path)
 
 
 def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log,
-                 device: torch.device) -> int | None:
+                 device: torch.device, watch=None) -> int | None:
     """Restore the loop state saved at `path`; returns the iteration it was saved at (None: unreadable)."""
     try:
         st = torch.load(path, map_location=device, weights_only=True)
@@ -141,13 +142,16 @@ def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyS
     opt.load_state_dict(st["opt"])
     orders.load_state_dict(st)
     stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
+    if watch:
+        watch.load_state_dict(st["watch"])
     log(f"[{label}] resumed from {path} at iteration {st['it']}")
     return st["it"]
 
 
 def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, order_seeds: list[int],
           label: str = "train", log=print, resume_dir: Path | None = None, checkpoint_seconds: float = 120.0,
-          start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True) -> Result:
+          start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True,
+          watch=None) -> Result:
     """Train the stack in place and return its results.
 
     With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
@@ -158,6 +162,8 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
     `fast` (the default) takes the step engine's shortcuts, which give the same weights as the
     plain path (`fast=False`; see lottery.step).
+    `watch(it, state)` is called after every evaluation with the stack's weights (it must not change them; its
+    `state_dict()` / `load_state_dict()` travel with the resume point): the early-bird search, `lottery.early_bird`.
     """
     n_train, bs, device = len(data.train), cfg.batch_size, data.device
     if bs > n_train:
@@ -178,7 +184,8 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
-    inputs = digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
+    extra = (start, constant_lr, augment) + ((watch.key,) if watch else ())
+    inputs = digest(model, mask, cfg, order_seeds, n_train, extra) if resume_dir else ""
     scratch = resume.point(resume_dir, label, inputs) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
     # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
@@ -190,7 +197,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         set_lr(step.opt, constant_lr)
     resumed = None
     if scratch and scratch.is_file():
-        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device)
+        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device, watch)
     first = start + 1 if resumed is None else resumed + 1
 
     for it in range(first, cfg.iterations + 1):
@@ -202,8 +209,10 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
             _check_finite(model, val_loss, it, label)
             stop.update(it, state, val_loss, val_acc)
+            if watch:
+                watch(it, state)
             if main and scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
-                _save_resume(scratch, it, state, step.opt, orders, stop)
+                _save_resume(scratch, it, state, step.opt, orders, stop, watch)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             _check_finite(model, step.running, it, label)

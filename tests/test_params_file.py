@@ -69,9 +69,10 @@ def test_each_stage_lists_exactly_the_params_of_its_table_entry():
         assert not {"train.log_every", "train.checkpoint_seconds", "data.root", "data"} & set(keys), name
         if name != "summarize":
             assert not {"prune", "prune.rounds", "prune.chain"} & set(keys), name
-    # (prune.layers / prune.ignore only say which weights are prunable: the keys of the dense round's mask)
+    # (prune.layers / prune.ignore only say which weights are prunable: the keys of the dense round's mask;
+    # prune.early_bird: the dense round's training is r1's early-bird search)
     assert [k for k in config.STAGE_PARAMS["dense"] if k.startswith("prune") or k == "controls"] == [
-        "prune.layers", "prune.ignore"]
+        "prune.layers", "prune.ignore", "prune.early_bird"]
 
 
 def test_imagenet_resnet50_preset_is_frankle_et_al_2020s_setup(tmp_path):
