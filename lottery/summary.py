@@ -127,6 +127,7 @@ def collect(runs: Path, round_names: list[str], cfg: Config | None = None) -> St
     df = pd.DataFrame(rows, columns=COLUMNS + RUN_COLUMNS + COST_COLUMNS + EARLY_BIRD_COLUMNS)
     df[COST_COLUMNS] = df[COST_COLUMNS].apply(pd.to_numeric)
     df = pd.concat([df, flops.cumulative(df, costs)], axis=1)
+    df = df[[c for c in df.columns if c not in EARLY_BIRD_COLUMNS] + EARLY_BIRD_COLUMNS]  # the newest columns last
     inst, points = read_instability(runs, round_names)
     if not inst.empty:  # the ticket rows of the tidy table get their instability
         df = df.merge(inst[["round", "variant", "trial", *INSTABILITY_COLUMNS]], how="left", on=["round", "variant", "trial"])

@@ -5,6 +5,7 @@ Every case ends in one line naming the offending key, file or split, exit code 2
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -49,9 +50,13 @@ def test_prepared_data_of_other_params_stops_the_round(repo):
 def test_every_size_and_count_param_is_bounded(key):
     lo, hi = config.LIMITS[key]
     base = {"prune": {"rounds": 1, "chain": config.chain(1)}, "train": {"iterations": 1000}}
-    section, _, name = key.rpartition(".")
     for bad in (lo - 1, hi + 1):
-        raw = {**base, **({section: {**base.get(section, {}), name: bad}} if section else {name: bad})}
+        raw = json.loads(json.dumps(base))
+        *sections, name = key.split(".")
+        at = raw
+        for section in sections:  # (nested: prune.early_bird.window)
+            at = at.setdefault(section, {})
+        at[name] = bad
         with pytest.raises(config.ConfigError, match=rf"^{re.escape(key)}: {bad} is not allowed \(an integer in "
                                                      rf"\[{lo:,}, {hi:,}\]\)$"):
             config.from_dict(raw)
