@@ -325,7 +325,8 @@ def pull(names: list[str], args) -> None:
         print(f"[cluster] pulled {len(names)} experiment(s): dvc exp show", flush=True)
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, log_to_driver: bool = False) -> None:
+    """Join the Ray cluster at `address` (None: a local instance), or a ClusterError with a hint in one line."""
     try:
         import ray
     except ImportError:
@@ -338,7 +339,7 @@ def connect(address: str | None) -> None:
         except (OSError, ValueError) as e:
             raise ClusterError(f"no Ray cluster at {address} ({e}): {hint}") from None
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
     except Exception as e:
         raise ClusterError(f"no Ray cluster at {address} ({str(e).splitlines()[0]}): {hint}") from None
 

@@ -213,10 +213,12 @@ def _launch_ray(t: TrainConfig, device: torch.device, fn: Callable) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    try:
-        ray.init(address=t.address, log_to_driver=True, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"train.address: no Ray cluster at {t.address!r} ({str(e).splitlines()[0]})") from None
+    from .cluster import ClusterError, connect
+
+    try:  # (rank 0's log lines reach the stage's output)
+        connect(t.address, log_to_driver=True)
+    except ClusterError as e:
+        raise ConfigError(f"train.address: {e}") from None
     try:
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
         if len(nodes) < t.nodes:

@@ -93,6 +93,7 @@ CORES = len(os.sched_getaffinity(0))
      f"train.world_size: {CORES + 1} CPU processes on a machine with {CORES} cores"),
     ({"world_size": 2, "backend": "nccl"}, "train.backend: 'nccl' is not allowed with train.device=cpu"),
     ({"world_size": 2, "nodes": 2}, "train.address: '' is not allowed"),
+    ({"world_size": 2, "nodes": 2, "address": "127.0.0.1:1"}, "train.address: no Ray cluster at 127.0.0.1:1 ("),
     ({"world_size": 4, "batch_size": 30}, "train.world_size: 4 is not allowed"),
 ])
 def test_a_data_parallel_round_that_cannot_run_is_refused_before_training(repo, over, line):
