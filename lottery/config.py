@@ -81,6 +81,8 @@ def is_import_path(name: str) -> bool:
     """Whether a model.name is a user factory 'package.module:callable' (not a registry name); syntax only."""
     return ":" in name
 BN_MODES = ("interpolate", "recompute")  # instability.bn (lottery.instability uses this table)
+TRANSFER_INITS = ("source", "own")  # transfer.init: the transferred ticket starts from the source's θ0 or this one's
+TRANSFER_CONTROLS = ("reinit", "random")  # the controls of `controls` a transfer trains beside the transferred ticket
 
 
 class LotteryError(Exception):
@@ -212,6 +214,27 @@ class InstabilityConfig:
 
 
 @dataclass
+class TransferConfig:
+    source: str = _help("an experiment name or git revision of this repository whose ticket is transferred: the mask "
+                        "of its round `round`, trained on this experiment's data and optimizer beside the reinit and "
+                        "random controls of that mask (the `transfer@<round>` stages; '' = off)", "")
+    round: str = _help("the source's round whose ticket mask is transferred: r1, r2, ...", "r1")
+    init: str = _help("where the transferred ticket starts: source (the source's θ0, or θk) or own (this experiment's "
+                      "init); an output layer whose classes differ starts from this experiment's init either way", "source")
+    stages: dict[str, str] = _help("generated from `source` and `round` (conf/): {round: round}, {} when off", {})
+
+
+def transfer_stages(source: str, round_name: str) -> dict[str, str]:
+    """The foreach of the transfer stages (conf/config.yaml's resolver): {round: round}, {} when transfer.source is ''
+    (no transfer stage then). DVC templates have no conditionals: an empty foreach is how a stage is left out.
+    The round becomes a stage name: it is checked here, before DVC reads it."""
+    _check(isinstance(round_name, str) and re.fullmatch(ROUND_NAME, round_name) is not None and round_name != "r0",
+           "transfer.round", round_name, "a pruned round's name: r1, r2, ...")
+    _check(isinstance(source, str), "transfer.source", source, "an experiment name or git revision, '' = off")
+    return {round_name: round_name} if source else {}
+
+
+@dataclass
 class Config:
     seed: int = _help("base seed; trial t uses seed + t", 0)
     trials: int = _help("independent trials (init and data order) per variant", 2)
@@ -224,6 +247,7 @@ class Config:
     rewind: RewindConfig = field(default_factory=RewindConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     instability: InstabilityConfig = field(default_factory=InstabilityConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def value(self, key: str) -> Any:
         """The value of a dotted params key (`train.lr`) or a whole section (`rewind`), as plain data."""
@@ -307,7 +331,12 @@ STAGE_PARAMS: dict[str, list[str]] = {
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
               "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "prune.early_bird", "rewind",
               "instability", "data.split_seed"],
-    "summarize": ["summary", *REPORT_SETTINGS],
+    "summarize": ["summary", *REPORT_SETTINGS, "transfer"],
+    # transfer.source's round materialised under runs/transfer/source/ (always run: a source name may point elsewhere)
+    "transfer-source": ["model.name", "data.dataset", "trials", "transfer", "prune.layers", "prune.ignore"],
+    # its mask trained on this experiment's data: what the dense round reads, and the controls
+    "transfer": [*_TRAINING, "controls", "rewind.to", "rewind.iteration", "prune.layers", "prune.ignore",
+                 "data.split_seed", "transfer"],
 }
 
 
@@ -474,6 +503,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= cfg.summary.tolerance <= 100, "summary.tolerance", cfg.summary.tolerance, "a number in [0, 100]")
     _validate_instability(cfg)
     _validate_early_bird(cfg)
+    _validate_transfer(cfg)
     return cfg
 
 
@@ -490,6 +520,17 @@ def _validate_early_bird(cfg: Config) -> None:
            f"early-bird tickets are rewound: it needs rewind.to init or iteration, not {cfg.rewind.to!r}")
     _check(cfg.train.stack == 0, "prune.early_bird.enabled", e.enabled,
            f"the search watches the ticket inside the whole stack: it needs train.stack: 0, not {cfg.train.stack}")
+
+
+def _validate_transfer(cfg: Config) -> None:
+    x = cfg.transfer
+    _check(x.init in TRANSFER_INITS, "transfer.init", x.init, "one of " + ", ".join(TRANSFER_INITS))
+    _check(x.stages == transfer_stages(x.source, x.round), "transfer.stages", x.stages,
+           f"must match transfer.source={x.source!r} and transfer.round={x.round}; params.yaml is generated from "
+           "conf/config.yaml: `dvc exp run -S transfer.source=...` or `python -m lottery.params transfer.source=...`")
+    if x.source:
+        _check(cfg.rewind.to in ("init", "iteration"), "transfer.source", x.source,
+               f"a transferred ticket trains from a rewind point: rewind.to init or iteration, not {cfg.rewind.to!r}")
 
 
 def _check_pai(cfg: Config) -> None:

@@ -179,7 +179,6 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: TensorData 
     if predecessor(cfg.prune, name) != prev:
         raise ConfigError(f"round {name} prunes {predecessor(cfg.prune, name)!r} under prune.schedule={cfg.prune.schedule}, "
                           f"not {prev!r}")
-    seeds = trial_seeds(cfg)
     io = init_io(cfg, runs)
     reference = build_model(cfg, [0] * cfg.trials, io).state_dict()
     one = build_model(cfg, [0], io)
@@ -207,9 +206,23 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: TensorData 
 
     # The ticket's second copy (instability) comes last: every other network keeps its rows and data order.
     variants = ["ticket"] + (list(cfg.controls) if k > 0 else []) + (["copy"] if cfg.instability.enabled else [])
-    stack = Stack(variants, cfg.trials, names, ticket_mask, start=want_k,
-                  constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None,
-                  kinds=kinds, theta0={n: theta0[n] for n in names})
+    # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
+    start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
+    stack = assemble(cfg, name, variants, names, ticket_mask, start_weights, io, inverted, start=want_k,
+                     constant_lr=cfg.rewind.finetune_lr if cfg.rewind.to == "finetune" and k > 0 else None)
+    stack.kinds, stack.theta0 = kinds, {n: theta0[n] for n in names}  # (what the early-bird search prunes with)
+    return stack
+
+
+def assemble(cfg: Config, label: str, variants: list[str], names: list[str], ticket_mask: masks.Mask,
+             start_weights: dict[str, torch.Tensor], io, inverted: masks.Mask | None = None, start: int = 0,
+             constant_lr: float | None = None) -> Stack:
+    """The stack of `variants` x trials: the ticket (`ticket_mask` on `start_weights`) and its controls, `reinit`
+    (the same mask on a fresh init), `random` (a random mask at the ticket's per-layer counts on the start weights),
+    `invert` (`inverted`), `copy` (the ticket again, its own data order); the controls' seeds derive from each
+    trial's seed and `label` (a round's name; lottery.transfer's own)."""
+    seeds = trial_seeds(cfg)
+    stack = Stack(variants, cfg.trials, names, ticket_mask, start=start, constant_lr=constant_lr)
     n = len(variants) * cfg.trials
     stack.init_seeds, stack.mask_seeds, stack.order_seeds = [0] * n, [None] * n, [0] * n
     for v in variants:
@@ -217,12 +230,10 @@ def build_stack(cfg: Config, name: str, prev: str, runs: Path, data: TensorData 
             i = stack.rows(v, t)
             # every draw of a trial derives from its own seed alone, so trials of experiments that differ only
             # in `seed` are the trials of one bigger experiment (lottery.pool)
-            stack.init_seeds[i] = derived_seed(s, "reinit", name) if v == "reinit" else s
-            stack.mask_seeds[i] = derived_seed(s, "random", name) if v == "random" else None
+            stack.init_seeds[i] = derived_seed(s, "reinit", label) if v == "reinit" else s
+            stack.mask_seeds[i] = derived_seed(s, "random", label) if v == "random" else None
             stack.order_seeds[i] = derived_seed(s, "copy") if v == "copy" else s
 
-    # Where training starts: θ0 / θk (init artifact), or the trained weights (lr rewinding, fine-tuning).
-    start_weights = prev_weights if cfg.rewind.to in ("lr", "finetune") else theta0
     stack.model = build_model(cfg, stack.init_seeds, io)
     state = stack.model.state_dict()
     stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
@@ -445,8 +456,6 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
                    _meta(cfg, "weights", name, early_bird_iteration=search.iteration if search else None,
                          searched_with=cfg.digest(SEARCH_KEYS)))
 
-    remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
-    order = [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
     k, batch, iterations = round_index(name), cfg.train.batch_size, cfg.train.iterations - stack.start
     where = flops.positions(stack.model, example_shape)
     macs = flops.forward_macs(stack.model, mask, where)
@@ -455,21 +464,12 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
     cost = {"sources": flops.sources(k, prev, cfg.prune.at, cfg.rewind.to, pooled, stack.variants),
             "init": {"iterations": stack.start,  # θk: the dense network trained k iterations (once per trial)
                      "train_flops": flops.train_flops(flops.forward_macs(stack.model, {}, where)[0], batch, stack.start)}}
-    networks = [{
-        "variant": v, "trial": t, "seed": seeds[t], "init_seed": stack.init_seeds[i], "mask_seed": stack.mask_seeds[i],
-        "weights_remaining": round(float(remaining[i]), 4),
-        "layers_remaining": {key: round(100.0 * int(per_layer[key][i]) / mask[key][i].numel(), 4) for key in names},
-        "early_stop_iteration": result.early_stop_iteration[i],
-        "test_accuracy": round(100 * result.test_accuracy[i], 4),
-        "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
-        "min_val_loss": round(result.min_val_loss[i], 6),
-        "iterations": iterations, "forward_macs": macs[i], "train_flops": flops.train_flops(macs[i], batch, iterations),
-    } for v, t, i in order]
-    metrics = {"round": name, "index": k, "networks": networks, "cost": cost}
+    metrics = {"round": name, "index": k, "networks": network_rows(stack, result, seeds, macs, batch, iterations),
+               "cost": cost}
     series = {}
     if search is not None:
         metrics["early_bird"] = _early_bird_record(cfg, name, stack, search)
-        for n in networks[:stack.trials]:  # the ticket's rows come first
+        for n in metrics["networks"][:stack.trials]:  # the ticket's rows come first
             n["early_bird_iteration"] = search.iteration[n["trial"]]
         series = {("ticket", t): {"mask_distance": [(it, round(d, 6)) for it, d in c]}
                   for t, c in enumerate(search.curve)}
@@ -478,7 +478,7 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
     if line is not None:
         metrics["instability"] = line
     artifacts.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
-    log_curves(out / "live", order, result.curve, series)
+    log_curves(out / "live", order(stack), result.curve, series)
     return metrics
 
 
@@ -493,6 +493,27 @@ def _early_bird_record(cfg: Config, name: str, stack: Stack, search: early_bird.
         trials.append({"trial": t, "iteration": it, "search_iterations": searched - start,
                        "saved": round((its - searched) / (its - start), 6)})
     return {"epsilon": e.epsilon, "window": e.window, "next_round": f"r{round_index(name) + 1}", "trials": trials}
+
+
+def order(stack: Stack) -> list[tuple[str, int, int]]:
+    """(variant, trial, row) of every network of a trained stack, variant-major."""
+    return [(v, t, stack.rows(v, t)) for v in stack.variants for t in range(stack.trials)]
+
+
+def network_rows(stack: Stack, result: Result, seeds: list[int], macs: list[int], batch: int, iterations: int) -> list[dict]:
+    """metrics.json's `networks`: each network's seeds, sparsity, accuracy, early stop and compute."""
+    mask = stack.mask
+    remaining, per_layer = masks.percent_remaining(mask), masks.kept(mask)
+    return [{
+        "variant": v, "trial": t, "seed": seeds[t], "init_seed": stack.init_seeds[i], "mask_seed": stack.mask_seeds[i],
+        "weights_remaining": round(float(remaining[i]), 4),
+        "layers_remaining": {key: round(100.0 * int(per_layer[key][i]) / mask[key][i].numel(), 4) for key in stack.names},
+        "early_stop_iteration": result.early_stop_iteration[i],
+        "test_accuracy": round(100 * result.test_accuracy[i], 4),
+        "final_test_accuracy": round(100 * result.final_test_accuracy[i], 4),
+        "min_val_loss": round(result.min_val_loss[i], 6),
+        "iterations": iterations, "forward_macs": macs[i], "train_flops": flops.train_flops(macs[i], batch, iterations),
+    } for v, t, i in order(stack)]
 
 
 def log_curves(folder: Path, order: list[tuple[str, int, int]], curve: list[dict],

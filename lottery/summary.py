@@ -708,6 +708,38 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, settings: dict[str
     return "\n".join(lines) + "\n"
 
 
+def transfer_section(runs: Path, transfer: dict, df: pd.DataFrame) -> str:
+    """report.md's section on a transferred ticket (`lottery.transfer`, runs/transfer/metrics.json, while
+    transfer.source is set): it and its controls against the ticket this data found at the same round; '' when off."""
+    if not transfer["source"]:
+        return ""
+    m = _read(runs / "transfer" / "metrics.json", transfer["round"])
+    if m.get("source") != transfer["source"]:
+        raise ArtifactError(f"{runs / 'transfer' / 'metrics.json'}: holds '{m.get('source')}' {m.get('round')}, "
+                            f"params.yaml's transfer asks for '{transfer['source']}' {transfer['round']}; `dvc repro`")
+    k = m["round"]
+
+    def row(label: str, nets: list[dict]) -> str:
+        acc = [n["test_accuracy"] for n in nets]
+        return (f"| {label} | {sum(n['weights_remaining'] for n in nets) / len(nets):.2f} | {sum(acc) / len(acc):.2f} "
+                f"[{min(acc):.2f}, {max(acc):.2f}] | {sum(n['early_stop_iteration'] for n in nets) / len(nets):.0f} |")
+
+    lines = ["", f"## Transfer: the ticket of '{m['source']}' {k} trained on this data",
+             "", f"The mask of round {k} of '{m['source']}' ({m['source_model']} on {m['source_dataset']}), from "
+             f"{'its' if m['init'] == 'source' else 'this experiment’s'} θ0 (transfer.init: {m['init']}), trained here "
+             f"with {m['optimizer']}; output layer {m['output_layer']}. Mean test accuracy over trials [min, max] (%).",
+             "", "| network | % remaining | test accuracy | early stop |", "|---|---|---|---|"]
+    for v in dict.fromkeys(n["variant"] for n in m["networks"]):
+        label = "transferred ticket" if v == "ticket" else f"{v} of the transferred mask"
+        lines.append(row(label, [n for n in m["networks"] if n["variant"] == v]))
+    own = df[(df["round"] == k) & (df["variant"] == "ticket")]
+    if len(own):
+        lines.append(row(f"this data's ticket at {k}", own.to_dict("records")))
+    else:
+        lines.append(f"| this data's ticket at {k} | not run here (prune.rounds) | | |")
+    return "\n".join(lines) + "\n"
+
+
 def outputs(study: Study, tolerance: float, settings: dict[str, str]) -> tuple[dict, dict[str, bytes]]:
     """The headline numbers and every file of metrics/ (name -> bytes), computed in memory; nothing is written."""
     df = study.df

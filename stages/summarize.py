@@ -22,6 +22,7 @@ def main() -> None:
     study = summary.collect(Path(args.runs), config.round_names(cfg.prune), cfg)
     settings = summary.settings(dataclasses.asdict(cfg), summary.commit())
     result, files = summary.outputs(study, cfg.summary.tolerance, settings)
+    files["report.md"] += summary.transfer_section(Path(args.runs), dataclasses.asdict(cfg.transfer), study.df).encode()
     # Export the sparsest winning round's ticket (the dense network when no pruned round wins).
     best = summary.winning_round(study.df, cfg.summary.tolerance) if result["dense_trained"] else "r0"
     exported = ticket.build(Path(args.runs), best, Path(args.prepared), cfg=cfg)

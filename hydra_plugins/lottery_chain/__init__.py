@@ -1,4 +1,5 @@
-"""OmegaConf resolver used by conf/config.yaml: `${chain:${prune.rounds},${prune.schedule}}`.
+"""OmegaConf resolvers used by conf/config.yaml: `${chain:${prune.rounds},${prune.schedule}}`, and
+`${transfer_stages:${transfer.source},${transfer.round}}` (`lottery.config.transfer_stages`: {} when off).
 
 DVC's Hydra composition (`dvc exp run -S prune.rounds=12`) imports this package from
 `plugins_path` (.dvc/config: the repository root, on sys.path while plugins load) and writes
@@ -9,7 +10,7 @@ a bad prune.rounds or prune.schedule fails the composition with a ChainError, ou
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from lottery.config import ConfigError, chain
+from lottery.config import ConfigError, chain, transfer_stages
 
 try:
     from dvc.exceptions import DvcException
@@ -24,12 +25,16 @@ class ChainError(DvcException, InterpolationResolutionError, ConfigError):
     exception as an "unexpected error"), and our commands print a ConfigError as `error: ...`, exit 2."""
 
 
-def _chain(rounds, schedule="iterative"):
-    try:
-        return OmegaConf.create(chain(rounds, schedule))
-    except ConfigError as e:
-        raise ChainError(str(e)) from None
+def _resolver(rule):
+    """`rule` (lottery.config) as an OmegaConf resolver: its result a DictConfig, its ConfigError a ChainError."""
+    def resolve(*args):
+        try:
+            return OmegaConf.create(rule(*args))
+        except ConfigError as e:
+            raise ChainError(str(e)) from None
+    return resolve
 
 
-if not OmegaConf.has_resolver("chain"):
-    OmegaConf.register_new_resolver("chain", _chain)
+for _name, _rule in (("chain", chain), ("transfer_stages", transfer_stages)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver(_rule))
