@@ -1,0 +1,138 @@
+"""Sparse execution of masked linear layers on CPU (`train.sparse`), built by the step engine from its mask.
+
+A pruned `StackedLinear` weight (N, out, in) with mask M runs as one block-diagonal CSR matrix of all
+N networks: row n*out + o, column n*in + i, one stored value per kept weight. Its values are `vals`
+(1-D, the kept weights in the order of `M.flatten().nonzero()`, which is the CSR order); the step
+engine's optimizer updates `vals` instead of the dense weight, so it moves only the kept weights.
+  forward         out = W_csr @ X, X the stacked inputs (N*in, B): torch.sparse.mm
+  weight gradient dW = (gy @ X^T) at the kept positions only: torch.sparse.sampled_addmm
+  input gradient  dX = W_csr^T @ gy (a second CSR, of the transpose, sharing the values through a
+                  permutation), only where a later layer needs it (not for the network's input)
+The dense weight is not read by the sparse forward: `sync` writes the kept values back into it (its
+pruned entries stay exactly zero, nothing else writes them), and the training loop calls it before every
+read of the model's state (evaluation, early-stop copies, resume points, the end of training); `load`
+reads them from it again after a resume point is loaded. Evaluation runs the dense model (eval mode).
+Results equal dense execution up to floating-point summation order (tested in float64 to 1e-12).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+from .masks import Mask
+
+# Below this fraction of kept weights a layer runs sparse under `train.sparse: auto` (CPU, float32, one
+# process). Measured with benchmarks/sparse_step.py (15 stacked LeNet-300-100s, batch 60, 2 threads).
+AUTO_DENSITY = 0.10
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vals, bias, x, layer):  # x (N, B, in) -> (N, B, out)
+        n, d_out, d_in = layer.shape
+        if x.shape[0] != n:
+            x = x.expand(n, *x.shape[1:])
+        xs = x.transpose(1, 2).reshape(n * d_in, x.shape[1])  # (N*in, B): a view when x is a transposed output
+        w = _csr(layer.crow, layer.col, vals, (n * d_out, n * d_in))
+        out = torch.sparse.mm(w, xs)
+        out = out.view(n, d_out, -1).add_(bias.transpose(1, 2))
+        ctx.save_for_backward(vals, xs)
+        ctx.layer = layer
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad (N, B, out)
+        vals, xs = ctx.saved_tensors
+        layer = ctx.layer
+        n, d_out, d_in = layer.shape
+        gy = grad.transpose(1, 2).reshape(n * d_out, grad.shape[1])  # (N*out, B)
+        pattern = _csr(layer.crow, layer.col, layer.zeros, (n * d_out, n * d_in))
+        gvals = torch.sparse.sampled_addmm(pattern, gy, xs.t(), beta=0.0).values()
+        gbias = grad.sum(1, keepdim=True)
+        gx = None
+        if ctx.needs_input_grad[2]:
+            wt = _csr(layer.crow_t, layer.col_t, vals[layer.perm_t], (n * d_in, n * d_out))
+            gx = torch.sparse.mm(wt, gy).view(n, d_in, -1).transpose(1, 2)
+        return gvals, gbias, gx, None
+
+
+class SparseLinear:
+    """The CSR structure of one masked StackedLinear and its kept values `vals` (what the optimizer steps)."""
+
+    def __init__(self, module: nn.Module, keep: torch.Tensor):
+        w = module.weight
+        self.module, self.shape = module, tuple(w.shape)
+        n, d_out, d_in = self.shape
+        keep = keep.to(torch.bool).reshape(n * d_out, d_in)
+        rows, cols = keep.nonzero(as_tuple=True)  # row-major: the CSR order, and the flat order of the weight
+        self.flat = rows * d_in + cols  # index into weight.view(-1)
+        cols = cols + (rows // d_out) * d_in  # block-diagonal columns n*in + i
+        self.crow = torch.zeros(n * d_out + 1, dtype=torch.int64)
+        self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n * d_out), 0)
+        self.col = cols
+        # The transpose (N*in, N*out) in CSR: its values are vals[perm_t]
+        self.perm_t = torch.argsort(cols * (n * d_out) + rows)
+        rows_t = cols[self.perm_t]
+        self.crow_t = torch.zeros(n * d_in + 1, dtype=torch.int64)
+        self.crow_t[1:] = torch.cumsum(torch.bincount(rows_t, minlength=n * d_in), 0)
+        self.col_t = rows[self.perm_t]
+        self.vals = nn.Parameter(w.detach().reshape(-1)[self.flat].clone())
+        self.zeros = torch.zeros_like(self.vals, requires_grad=False)
+
+    @property
+    def density(self) -> float:
+        return self.flat.numel() / self.module.weight.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _SparseLinearFn.apply(self.vals, self.module.bias, x, self)
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Write the kept values into the dense weight (its pruned entries are zero and stay so)."""
+        self.module.weight.view(-1).index_copy_(0, self.flat, self.vals)
+
+    @torch.no_grad()
+    def load(self) -> None:
+        """Take the kept values from the dense weight again (after a resume point was loaded into the model)."""
+        self.vals.copy_(self.module.weight.reshape(-1)[self.flat])
+
+
+def plan(model: nn.Module, mask: Mask, setting: str, device: torch.device, precision: str = "float32",
+         world_size: int = 1) -> dict[str, SparseLinear]:
+    """The masked layers that run sparse, by weight name: none with `off`, every masked StackedLinear with
+    `on`, those below AUTO_DENSITY with `auto` (on CPU, float32, one process; elsewhere none).
+    `on` where some masked layer has no sparse path (a convolution, your own network's layers), on CUDA,
+    with bfloat16 or with several processes is a ConfigError naming it."""
+    from .models import StackedLinear  # (models imports config; keep this module light)
+
+    if setting == "off":
+        return {}
+    modules = dict(model.named_modules())
+    owner = {name: modules.get(name.rpartition(".")[0]) for name in mask}
+    if setting == "on":
+        for why, bad in (("a CUDA device", device.type != "cpu"), (f"train.precision {precision}", precision != "float32"),
+                         (f"train.world_size {world_size}", world_size != 1)):
+            if bad:
+                raise ConfigError(f"train.sparse: on has no sparse path with {why} (CPU, float32, one process "
+                                  "only); use auto or off")
+        for name, m in owner.items():
+            if not (isinstance(m, StackedLinear) and name.endswith(".weight")):
+                raise ConfigError(f"train.sparse: on has no sparse path for layer {name} "
+                                  f"({type(m).__name__}); use auto or off")
+    elif device.type != "cpu" or precision != "float32" or world_size != 1:
+        return {}
+    out = {}
+    for name, m in owner.items():
+        if isinstance(m, StackedLinear) and name.endswith(".weight"):
+            density = float(mask[name].float().mean())
+            if setting == "on" or density < AUTO_DENSITY:
+                out[name] = SparseLinear(m, mask[name])
+    return out
