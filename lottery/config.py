@@ -228,9 +228,12 @@ class Config:
         """Short digest of exactly the named keys (`STAGE_PARAMS` of a stage), recorded in artifact metadata.
 
         The keys only image folders read (FOLDER_KEYS) count only when data.dataset is one: the artifacts of
-        tensor datasets keep the bytes they had before those keys existed."""
+        tensor datasets keep the bytes they had before those keys existed. So does `train.sparse: off`: the key counts
+        only when it is on or auto."""
         if self.data.dataset not in FOLDER_DATASETS:
             keys = [k for k in keys if k not in FOLDER_KEYS]
+        if self.train.sparse == "off":
+            keys = [k for k in keys if k != "train.sparse"]
         blob = json.dumps({k: self.value(k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

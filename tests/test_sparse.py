@@ -110,3 +110,14 @@ def test_train_sparse_is_validated_naming_the_key():
     assert config.from_dict(raw).train.sparse == "auto"
     with pytest.raises(ConfigError, match=r"^train.sparse: 'always' is not allowed \(one of auto, on, off\)$"):
         config.from_dict({**raw, "train": {"sparse": "always"}})
+
+
+def test_artifacts_digest_counts_train_sparse_unless_off():
+    # `off` records the digest artifacts had before train.sparse existed (their bytes are unchanged)
+    from lottery import config
+
+    raw = {"prune": {"rounds": 1, "chain": config.chain(1)}}
+    keys = config.STAGE_PARAMS["round"]
+    off, auto = (config.from_dict({**raw, "train": {"sparse": s}}) for s in ("off", "auto"))
+    assert "train.sparse" in keys
+    assert off.digest(keys) == off.digest([k for k in keys if k != "train.sparse"]) != auto.digest(keys)
