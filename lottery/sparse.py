@@ -34,6 +34,13 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape: tuple
     return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
 
 
+def _crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """CSR row pointers (int32) of sorted row indices."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.int32)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return crow
+
+
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vals, bias, x, layer):  # x (N, B, in) -> (N, B, out)
@@ -41,27 +48,26 @@ class _SparseLinearFn(torch.autograd.Function):
         if x.shape[0] != n:
             x = x.expand(n, *x.shape[1:])
         xs = x.transpose(1, 2).reshape(n * d_in, x.shape[1])  # (N*in, B): a view when x is a transposed output
-        w = _csr(layer.crow, layer.col, vals, (n * d_out, n * d_in))
-        out = torch.sparse.mm(w, xs)
-        out = out.view(n, d_out, -1).add_(bias.transpose(1, 2))
-        ctx.save_for_backward(vals, xs)
+        out = torch.empty(n * d_out, xs.shape[1], dtype=xs.dtype)
+        torch.addmm(out, layer.w, xs, beta=0.0, out=out)  # (into `out`: no zero fill and copy of the product)
+        ctx.save_for_backward(xs)
         ctx.layer = layer
-        return out.transpose(1, 2)
+        return out.view(n, d_out, -1).add_(bias.transpose(1, 2)).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad):  # grad (N, B, out)
-        vals, xs = ctx.saved_tensors
+        (xs,) = ctx.saved_tensors
         layer = ctx.layer
         n, d_out, d_in = layer.shape
         gy = grad.transpose(1, 2).reshape(n * d_out, grad.shape[1])  # (N*out, B)
-        pattern = _csr(layer.crow, layer.col, layer.zeros, (n * d_out, n * d_in))
-        gvals = torch.sparse.sampled_addmm(pattern, gy, xs.t(), beta=0.0).values()
-        gbias = grad.sum(1, keepdim=True)
+        gvals = torch.sparse.sampled_addmm(layer.pattern, gy, xs.t(), beta=0.0).values()
         gx = None
         if ctx.needs_input_grad[2]:
-            wt = _csr(layer.crow_t, layer.col_t, vals[layer.perm_t], (n * d_in, n * d_out))
-            gx = torch.sparse.mm(wt, gy).view(n, d_in, -1).transpose(1, 2)
-        return gvals, gbias, gx, None
+            torch.index_select(layer.vals.detach(), 0, layer.perm_t, out=layer.wt.values())
+            gx = torch.empty(n * d_in, gy.shape[1], dtype=gy.dtype)
+            torch.addmm(gx, layer.wt, gy, beta=0.0, out=gx)
+            gx = gx.view(n, d_in, -1).transpose(1, 2)
+        return gvals, grad.sum(1, keepdim=True), gx, None
 
 
 class SparseLinear:
@@ -75,21 +81,16 @@ class SparseLinear:
         rows, cols = keep.nonzero(as_tuple=True)  # row-major: the CSR order, and the flat order of the weight
         self.flat = rows * d_in + cols  # index into weight.view(-1)
         cols = cols + (rows // d_out) * d_in  # block-diagonal columns n*in + i
-        self.crow = torch.zeros(n * d_out + 1, dtype=torch.int64)
-        self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n * d_out), 0)
-        self.col = cols
-        # The transpose (N*in, N*out) in CSR: its values are vals[perm_t]
-        self.perm_t = torch.argsort(cols * (n * d_out) + rows)
-        rows_t = cols[self.perm_t]
-        self.crow_t = torch.zeros(n * d_in + 1, dtype=torch.int64)
-        self.crow_t[1:] = torch.cumsum(torch.bincount(rows_t, minlength=n * d_in), 0)
-        self.col_t = rows[self.perm_t]
+        self.perm_t = torch.argsort(cols * (n * d_out) + rows)  # the transpose's values are vals[perm_t]
         self.vals = nn.Parameter(w.detach().reshape(-1)[self.flat].clone())
-        self.zeros = torch.zeros_like(self.vals, requires_grad=False)
-
-    @property
-    def density(self) -> float:
-        return self.flat.numel() / self.module.weight.numel()
+        # int32 indices: MKL's kernels take them without a conversion per call. `w` shares the storage of
+        # `vals` (the optimizer updates them in place), `wt` (the transpose) is refilled before each use.
+        shape, shape_t = (n * d_out, n * d_in), (n * d_in, n * d_out)
+        crow, col = _crow(rows, shape[0]), cols.to(torch.int32)
+        crow_t, col_t = _crow(cols[self.perm_t], shape_t[0]), rows[self.perm_t].to(torch.int32)
+        self.w = _csr(crow, col, self.vals.detach(), shape)
+        self.pattern = _csr(crow, col, torch.zeros_like(self.vals, requires_grad=False), shape)
+        self.wt = _csr(crow_t, col_t, torch.empty_like(self.vals, requires_grad=False), shape_t)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return _SparseLinearFn.apply(self.vals, self.module.bias, x, self)
