@@ -134,10 +134,10 @@ class TrainConfig:
     device: str = _help("cpu, cuda or auto (cuda when present)", "cpu")
     precision: str = _help("float32; tf32 (CUDA tensor cores for float32 matmuls); bfloat16 (autocast matmuls and "
                            "convolutions; weights, optimizer and masks stay float32)", "float32")
-    sparse: str = _help("sparse execution of pruned fully-connected layers on CPU: auto (layers below 10% density; "
-                        "dense on CUDA, with bfloat16 and data parallel), on (every masked fully-connected layer; an "
-                        "error for other layers, CUDA, bfloat16, world_size > 1) or off. Same results as dense up to "
-                        "floating-point summation order", "auto")
+    sparse: str = _help("sparse execution of pruned fully-connected layers on CPU: auto (layers of at least 20,000 "
+                        "weights per network below 15% density; dense on CUDA, with bfloat16 and data parallel), on "
+                        "(every masked fully-connected layer; an error for other layers, CUDA, bfloat16, world_size > 1) "
+                        "or off. Same results as dense up to floating-point summation order", "auto")
     warmup: int = _help("linear learning-rate warm-up over the first N iterations (0 = none)", 0)
     lr_drops: list[int] = _help("iterations at which the learning rate is multiplied by lr_gamma", [])
     lr_gamma: float = _help("factor of each learning-rate drop", 0.1)

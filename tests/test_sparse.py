@@ -83,12 +83,26 @@ def test_step_runs_the_masked_linear_layers_sparse_and_steps_only_kept_values():
     for k, m in mask.items():
         w = model.get_parameter(k)
         assert not torch.equal(w, before[k]) and bool((w[~m] == 0).all()), k
-    # auto: sparse below sparse.AUTO_DENSITY only; off: never
-    thin = {k: m & (torch.rand(m.shape) < 0.1) for k, m in mask.items()}
-    assert set(sparse.plan(model, thin, "auto", torch.device("cpu"))) == set(mask)
-    assert sparse.plan(model, mask, "auto", torch.device("cpu")) == {}
-    assert sparse.plan(model, thin, "off", torch.device("cpu")) == {}
-    assert sparse.plan(model, thin, "auto", torch.device("cpu"), precision="bfloat16") == {}
+
+
+
+def test_auto_runs_sparse_only_large_layers_below_the_crossover_density():
+    lenet = models.build("lenet-300-100", [0])  # 784x300, 300x100 and the 100x10 output layer
+    cpu = torch.device("cpu")
+
+    def at(density):
+        return {k: torch.rand(lenet.get_parameter(k).shape) < density for k in models.prunable(lenet)}
+
+    thin, thick = at(sparse.AUTO_DENSITY * 0.8), at(min(1.0, sparse.AUTO_DENSITY * 1.5))
+    assert list(sparse.plan(lenet, thin, "auto", cpu)) == ["layers.0.weight", "layers.1.weight"]
+    assert sparse.plan(lenet, thick, "auto", cpu) == {}
+    assert list(sparse.plan(lenet, thick, "on", cpu)) == ["layers.0.weight", "layers.1.weight", "layers.2.weight"]
+    assert sparse.plan(lenet, thin, "off", cpu) == {}
+    assert sparse.plan(lenet, thin, "auto", cpu, precision="bfloat16") == {}
+    assert sparse.plan(lenet, thin, "auto", cpu, world_size=2) == {}
+    assert sparse.plan(lenet, thin, "auto", torch.device("cuda")) == {}  # CUDA keeps the dense path
+    with pytest.raises(ConfigError, match="^train.sparse: on has no sparse path with a CUDA device"):
+        sparse.plan(lenet, thin, "on", torch.device("cuda"))
 
 
 def test_sparse_on_without_a_sparse_path_names_the_layer_before_training():
