@@ -51,8 +51,8 @@ def _normal_(w: torch.Tensor, i: int, gen: torch.Generator, scheme: str) -> None
 
 
 class StackedLinear(nn.Module):
-    # Set by the step engine while it trains this layer sparse (`lottery.sparse.SparseLinear`): in training
-    # mode the forward is then the sparse one, on the kept values the engine's optimizer steps.
+    # Set by the step engine while it computes a step's losses with this layer sparse (`lottery.sparse`):
+    # the forward is then the sparse one, on the kept values that the engine's optimizer steps.
     sparse = None
 
     def __init__(self, n: int, d_in: int, d_out: int):
@@ -61,7 +61,7 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, 1, d_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N|1, B, in) -> (N, B, out)
-        if self.sparse is not None and self.training:
+        if self.sparse is not None:
             return self.sparse(x)
         # Computed as W @ x^T, (N, out, B), and returned as a transposed view: the weight
         # gradient then comes out in the weight's own layout (no transpose copy per step,

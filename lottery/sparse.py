@@ -8,10 +8,12 @@ engine's optimizer updates `vals` instead of the dense weight, so it moves only 
   weight gradient dW = (gy @ X^T) at the kept positions only: torch.sparse.sampled_addmm
   input gradient  dX = W_csr^T @ gy (a second CSR, of the transpose, sharing the values through a
                   permutation), only where a later layer needs it (not for the network's input)
-The dense weight is not read by the sparse forward: `sync` writes the kept values back into it (its
-pruned entries stay exactly zero, nothing else writes them), and the training loop calls it before every
-read of the model's state (evaluation, early-stop copies, resume points, the end of training); `load`
-reads them from it again after a resume point is loaded. Evaluation runs the dense model (eval mode).
+The step engine switches a layer to its sparse forward only while it computes a step's losses
+(`StackedLinear.sparse`); any other forward (evaluation) is the dense one, on the dense weight. The sparse
+forward does not read the dense weight: `sync` writes the kept values back into it (its pruned entries stay
+exactly zero, nothing else writes them), and the training loop calls it before every read of the model's
+state (evaluation, early-stop copies, resume points, the end of training); `load` reads them from it again
+after a resume point is loaded.
 Results equal dense execution up to floating-point summation order (tested in float64 to 1e-12).
 """
 from __future__ import annotations

@@ -135,8 +135,6 @@ class Step:
         self.sparse = sparse.plan(model, mask, cfg.sparse, device, cfg.precision, cfg.world_size)
         kept = {id(model.get_parameter(k)): s.vals for k, s in self.sparse.items()}
         self.opt = make_optimizer([kept.get(id(p), p) for p in model.parameters()], cfg, device)
-        for s in self.sparse.values():
-            s.module.sparse = s
         # Layers with nothing pruned (round r0, dense training) need no re-masking after a step; nor do sparse ones.
         pruned = [k for k, m in mask.items() if not bool(m.all()) and k not in self.sparse]
         named = dict(model.named_parameters())
@@ -162,12 +160,6 @@ class Step:
         for s in self.sparse.values():
             s.load()
 
-    def close(self) -> None:
-        """Sync, and give the layers back their dense forward (the end of training)."""
-        self.sync()
-        for s in self.sparse.values():
-            s.module.sparse = None
-
     def hold_pruned(self) -> None:
         """Keep pruned weights at exactly zero after an optimizer step, per optimizer:
 
@@ -182,7 +174,13 @@ class Step:
                 self.weights = []  # from now on Adam's state holds them at zero: no more multiplies
 
     def _step(self, idx: torch.Tensor) -> None:
-        losses = self.losses(idx)  # (N,)
+        for s in self.sparse.values():  # the sparse layers' forward, for this step's losses only
+            s.module.sparse = s
+        try:
+            losses = self.losses(idx)  # (N,)
+        finally:
+            for s in self.sparse.values():
+                s.module.sparse = None
         losses.sum().backward()
         self.opt_step()
         with torch.no_grad():

@@ -217,7 +217,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             step.running.zero_()
             since, last_line = 0, time.monotonic()
 
-    step.close()
+    step.sync()
     final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}
