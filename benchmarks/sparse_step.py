@@ -8,7 +8,7 @@ warm-up; the cases run in turn, `--passes` passes over all of them, and each rep
 machine's speed drifts within minutes, interleaving exposes every case to the same drift). Prints
 milliseconds per step and dense / sparse ratios (train.sparse off / on, and auto); never asserts speed.
 
-    python benchmarks/sparse_step.py [--steps 200] [--passes 3] [--nets 15] [--densities 1 0.135 0.036]
+    python benchmarks/sparse_step.py [--steps 100] [--passes 3] [--nets 15] [--densities 1 0.135 0.036]
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def run(step: Step, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--nets", type=int, default=15)
     ap.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.135, 0.036])
