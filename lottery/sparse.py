@@ -23,8 +23,9 @@ import warnings
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 from .masks import Mask
+from .models import StackedLinear
 
 # `train.sparse: auto` (CPU, float32, one process) runs a layer sparse when fewer than AUTO_DENSITY of its
 # weights are kept and it has at least AUTO_MIN_WEIGHTS weights per network. Measured here (forward and
@@ -113,35 +114,41 @@ class SparseLinear:
         self.vals.copy_(self.module.weight.reshape(-1)[self.flat])
 
 
-def plan(model: nn.Module, mask: Mask, setting: str, device: torch.device, precision: str = "float32",
-         world_size: int = 1) -> dict[str, SparseLinear]:
-    """The masked layers that run sparse, by weight name: none with `off`, every masked StackedLinear with
-    `on`, those below AUTO_DENSITY with at least AUTO_MIN_WEIGHTS per network with `auto` (on CPU, float32,
-    one process; elsewhere none).
-    `on` where some masked layer has no sparse path (a convolution, your own network's layers), on CUDA,
-    with bfloat16 or with several processes is a ConfigError naming it."""
-    from .models import StackedLinear  # (models imports config; keep this module light)
-
-    if setting == "off":
-        return {}
+def _layers(model: nn.Module, names) -> dict[str, nn.Module | None]:
+    """Each masked weight's StackedLinear (None where it is something else: a convolution, your own layer)."""
     modules = dict(model.named_modules())
-    owner = {name: modules.get(name.rpartition(".")[0]) for name in mask}
-    if setting == "on":
-        for why, bad in (("a CUDA device", device.type != "cpu"), (f"train.precision {precision}", precision != "float32"),
-                         (f"train.world_size {world_size}", world_size != 1)):
-            if bad:
-                raise ConfigError(f"train.sparse: on has no sparse path with {why} (CPU, float32, one process "
-                                  "only); use auto or off")
-        for name, m in owner.items():
-            if not (isinstance(m, StackedLinear) and name.endswith(".weight")):
-                raise ConfigError(f"train.sparse: on has no sparse path for layer {name} "
-                                  f"({type(m).__name__}); use auto or off")
-    elif device.type != "cpu" or precision != "float32" or world_size != 1:
+    owner = {name: modules.get(name.rpartition(".")[0]) for name in names}
+    return {name: m if isinstance(m, StackedLinear) and name.endswith(".weight") else None for name, m in owner.items()}
+
+
+def check(model: nn.Module, names, cfg: TrainConfig, device: torch.device | None = None) -> None:
+    """`train.sparse: on` where it has no sparse path (a masked layer of `names` that is no fully-connected
+    layer, CUDA, bfloat16, several processes): a ConfigError naming it. (`device` None: not known yet.)"""
+    if cfg.sparse != "on":
+        return
+    for why, bad in (("a CUDA device", device is not None and device.type != "cpu"),
+                     (f"train.precision {cfg.precision}", cfg.precision != "float32"),
+                     (f"train.world_size {cfg.world_size}", cfg.world_size != 1)):
+        if bad:
+            raise ConfigError(f"train.sparse: on has no sparse path with {why} (CPU, float32, one process only); "
+                              "use auto or off")
+    for name, m in _layers(model, names).items():
+        if m is None:
+            raise ConfigError(f"train.sparse: on has no sparse path for layer {name} "
+                              f"({type(model.get_submodule(name.rpartition('.')[0])).__name__}); use auto or off")
+
+
+def plan(model: nn.Module, mask: Mask, cfg: TrainConfig, device: torch.device) -> dict[str, SparseLinear]:
+    """The masked layers that run sparse, by weight name: none with `off`, every masked layer with `on`
+    (`check`), with `auto` those below AUTO_DENSITY with at least AUTO_MIN_WEIGHTS per network, on CPU,
+    float32, one process (elsewhere none)."""
+    check(model, mask, cfg, device)
+    if cfg.sparse == "off" or device.type != "cpu" or cfg.precision != "float32" or cfg.world_size != 1:
         return {}
     out = {}
-    for name, m in owner.items():
-        if isinstance(m, StackedLinear) and name.endswith(".weight"):
+    for name, m in _layers(model, mask).items():
+        if m is not None:
             density, size = float(mask[name].float().mean()), mask[name][0].numel()
-            if setting == "on" or (density < AUTO_DENSITY and size >= AUTO_MIN_WEIGHTS):
+            if cfg.sparse == "on" or (density < AUTO_DENSITY and size >= AUTO_MIN_WEIGHTS):
                 out[name] = SparseLinear(m, mask[name])
     return out

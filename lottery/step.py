@@ -132,7 +132,7 @@ class Step:
         device = next(model.parameters()).device
         apply(model, mask)
         # Layers that run sparse (`train.sparse`): the optimizer steps their kept values instead of the weight.
-        self.sparse = sparse.plan(model, mask, cfg.sparse, device, cfg.precision, cfg.world_size)
+        self.sparse = sparse.plan(model, mask, cfg, device)
         kept = {id(model.get_parameter(k)): s.vals for k, s in self.sparse.items()}
         self.opt = make_optimizer([kept.get(id(p), p) for p in model.parameters()], cfg, device)
         # Layers with nothing pruned (round r0, dense training) need no re-masking after a step; nor do sparse ones.

@@ -94,18 +94,27 @@ def test_auto_runs_sparse_only_large_layers_below_the_crossover_density():
         return {k: torch.rand(lenet.get_parameter(k).shape) < density for k in models.prunable(lenet)}
 
     thin, thick = at(sparse.AUTO_DENSITY * 0.8), at(min(1.0, sparse.AUTO_DENSITY * 1.5))
-    assert list(sparse.plan(lenet, thin, "auto", cpu)) == ["layers.0.weight", "layers.1.weight"]
-    assert sparse.plan(lenet, thick, "auto", cpu) == {}
-    assert list(sparse.plan(lenet, thick, "on", cpu)) == ["layers.0.weight", "layers.1.weight", "layers.2.weight"]
-    assert sparse.plan(lenet, thin, "off", cpu) == {}
-    assert sparse.plan(lenet, thin, "auto", cpu, precision="bfloat16") == {}
-    assert sparse.plan(lenet, thin, "auto", cpu, world_size=2) == {}
-    assert sparse.plan(lenet, thin, "auto", torch.device("cuda")) == {}  # CUDA keeps the dense path
+    auto, on = TrainConfig(sparse="auto"), TrainConfig(sparse="on")
+    assert list(sparse.plan(lenet, thin, auto, cpu)) == ["layers.0.weight", "layers.1.weight"]
+    assert sparse.plan(lenet, thick, auto, cpu) == {}
+    assert list(sparse.plan(lenet, thick, on, cpu)) == ["layers.0.weight", "layers.1.weight", "layers.2.weight"]
+    assert sparse.plan(lenet, thin, TrainConfig(sparse="off"), cpu) == {}
+    assert sparse.plan(lenet, thin, TrainConfig(sparse="auto", precision="bfloat16"), cpu) == {}
+    assert sparse.plan(lenet, thin, TrainConfig(sparse="auto", world_size=2), cpu) == {}
+    assert sparse.plan(lenet, thin, auto, torch.device("cuda")) == {}  # CUDA keeps the dense path
     with pytest.raises(ConfigError, match="^train.sparse: on has no sparse path with a CUDA device"):
-        sparse.plan(lenet, thin, "on", torch.device("cuda"))
+        sparse.plan(lenet, thin, on, torch.device("cuda"))
 
 
-def test_sparse_on_without_a_sparse_path_names_the_layer_before_training():
+def test_sparse_on_without_a_sparse_path_names_the_layer_before_training(tmp_path):
+    from lottery import config, rounds
+
+    raw = {"prune": {"rounds": 1, "chain": config.chain(1)}, "model": {"name": "conv-2"},
+           "data": {"dataset": "cifar10"}, "train": {"sparse": "on"}}
+    with pytest.raises(ConfigError, match=r"^train.sparse: on has no sparse path for layer convs.0.weight "
+                                          r"\(StackedConv2d\); use auto or off$"):
+        rounds.init(config.from_dict(raw), tmp_path / "init")  # the init stage: before any training
+    assert not (tmp_path / "init").exists() or not any((tmp_path / "init").iterdir())
     model = models.build("conv-2", [0])
     mask = {k: torch.ones_like(model.get_parameter(k), dtype=torch.bool) for k in models.prunable(model)}
     with pytest.raises(ConfigError, match=r"^train.sparse: on has no sparse path for layer convs.0.weight "):
