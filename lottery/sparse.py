@@ -109,6 +109,12 @@ class SparseLinear:
         self.module.weight.view(-1).index_copy_(0, self.flat, self.vals)
 
     @torch.no_grad()
+    def take(self, old: SparseLinear, t: torch.Tensor) -> torch.Tensor:
+        """`t`, indexed like the kept values of `old` (the same layer under an earlier mask), indexed like this
+        layer's, zero where a weight is newly kept: what a change of mask does to a sparse layer's optimizer state."""
+        return t.new_zeros(self.module.weight.numel()).index_copy_(0, old.flat, t)[self.flat]
+
+    @torch.no_grad()
     def load(self) -> None:
         """Take the kept values from the dense weight again (after a resume point was loaded into the model)."""
         self.vals.copy_(self.module.weight.reshape(-1)[self.flat])

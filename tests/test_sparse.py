@@ -144,3 +144,15 @@ def test_artifacts_digest_counts_train_sparse_unless_off():
     off, auto = (config.from_dict({**raw, "train": {"sparse": s}}) for s in ("off", "auto"))
     assert "train.sparse" in keys
     assert off.digest(keys) == off.digest([k for k in keys if k != "train.sparse"]) != auto.digest(keys)
+
+
+def test_a_sparse_layer_carries_values_over_a_change_of_mask():
+    # (for a step engine whose mask changes during training: the optimizer state of the kept weights moves along)
+    layer = models.StackedLinear(2, 5, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(30.0).view(2, 3, 5) + 1)
+    old_keep, new_keep = torch.rand(2, 3, 5) < 0.5, torch.rand(2, 3, 5) < 0.5
+    old, new = sparse.SparseLinear(layer, old_keep), sparse.SparseLinear(layer, new_keep)
+    assert torch.equal(old.vals.detach(), layer.weight.detach()[old_keep])  # the CSR order is the weight's flat order
+    carried = new.take(old, old.vals.detach())
+    assert torch.equal(carried, torch.where(old_keep, layer.weight.detach(), 0.0)[new_keep])
