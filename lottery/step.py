@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import TrainConfig
 from . import sparse
+from .config import TrainConfig
 from .masks import Mask, apply
 
 GRAPH_WARMUP = 3  # eager steps before the CUDA graph capture (optimizer state, cuBLAS handles)

@@ -208,6 +208,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
                 _save_resume(scratch, it, state, step.opt, orders, stop)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
+            step.sync()  # (so that a non-finite loss names the first non-finite weight)
             _check_finite(model, step.running, it, label)
             rate = (it - start) / (time.perf_counter() - t0)
             last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]

@@ -156,3 +156,10 @@ def test_a_sparse_layer_carries_values_over_a_change_of_mask():
     assert torch.equal(old.vals.detach(), layer.weight.detach()[old_keep])  # the CSR order is the weight's flat order
     carried = new.take(old, old.vals.detach())
     assert torch.equal(carried, torch.where(old_keep, layer.weight.detach(), 0.0)[new_keep])
+
+
+def test_a_non_finite_loss_names_the_first_non_finite_weight_of_a_sparse_layer():
+    from lottery.training import NumericalError
+
+    with pytest.raises(NumericalError, match=r"first non-finite parameter: layers.0.weight. No checkpoint written.$"):
+        _train("on", optimizer="sgd", lr=1e30, iterations=50, eval_every=50, log_every=1)
