@@ -9,6 +9,7 @@ machine's speed drifts within minutes, interleaving exposes every case to the sa
 milliseconds per step and dense / sparse ratios (train.sparse off / on, and auto); never asserts speed.
 
     python benchmarks/sparse_step.py [--steps 100] [--passes 3] [--nets 15] [--densities 1 0.135 0.036]
+    python benchmarks/sparse_step.py --layers --densities 0.5 0.3 0.2 0.1 0.036   (one layer at a time)
 """
 from __future__ import annotations
 
@@ -67,13 +68,43 @@ def run(step: Step, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def layer_rows(nets: int, densities: list[float], calls: int = 30) -> None:
+    """One layer's forward and backward, dense against sparse, per LeNet shape and density (the crossover of
+    `train.sparse: auto`, lottery.sparse.AUTO_DENSITY and AUTO_MIN_WEIGHTS)."""
+    from lottery.sparse import SparseLinear
+
+    print(f"{'layer':>8} {'density':>8} {'dense ms':>9} {'sparse ms':>10} {'dense/sparse':>13}")
+    for d_in, d_out in [(784, 300), (300, 100), (100, 10)]:
+        for density in densities:
+            layer = models.StackedLinear(nets, d_in, d_out)
+            keep = torch.rand(layer.weight.shape) < density
+            with torch.no_grad():
+                layer.weight.normal_().mul_(keep)
+            x = torch.randn(nets, BATCH, d_in, requires_grad=d_in != 784)  # (no input gradient for the first)
+            sparse = SparseLinear(layer, keep)
+            ms = []
+            for f in (layer, sparse):
+                def call(f=f):
+                    f(x).sum().backward()
+                for _ in range(3):
+                    call()
+                t = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                ms.append((time.perf_counter() - t) / calls * 1e3)
+            print(f"{d_in}x{d_out:<4} {density:>8.3f} {ms[0]:>9.2f} {ms[1]:>10.2f} {ms[0] / ms[1]:>12.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--nets", type=int, default=15)
     ap.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.135, 0.036])
+    ap.add_argument("--layers", action="store_true", help="per layer instead: the crossover of train.sparse: auto")
     args = ap.parse_args()
+    if args.layers:
+        return layer_rows(args.nets, args.densities)
     gen = torch.Generator().manual_seed(0)
     data = TensorData(x_train=torch.randn(6000, 784, generator=gen), y_train=torch.randint(0, 10, (6000,), generator=gen),
                       x_val=torch.zeros(1, 784), y_val=torch.zeros(1, dtype=torch.long),
