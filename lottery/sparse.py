@@ -4,7 +4,7 @@ A pruned `StackedLinear` weight (N, out, in) with mask M runs as one block-diago
 N networks: row n*out + o, column n*in + i, one stored value per kept weight. Its values are `vals`
 (1-D, the kept weights in the order of `M.flatten().nonzero()`, which is the CSR order); the step
 engine's optimizer updates `vals` instead of the dense weight, so it moves only the kept weights.
-  forward         out = W_csr @ X, X the stacked inputs (N*in, B): torch.sparse.mm
+  forward         out = W_csr @ X, X the stacked inputs (N*in, B): torch.addmm (MKL's sparse kernel)
   weight gradient dW = (gy @ X^T) at the kept positions only: torch.sparse.sampled_addmm
   input gradient  dX = W_csr^T @ gy (a second CSR, of the transpose, sharing the values through a
                   permutation), only where a later layer needs it (not for the network's input)
@@ -28,11 +28,12 @@ from .masks import Mask
 from .models import StackedLinear
 
 # `train.sparse: auto` (CPU, float32, one process) runs a layer sparse when fewer than AUTO_DENSITY of its
-# weights are kept and it has at least AUTO_MIN_WEIGHTS weights per network. Measured here (forward and
-# backward of one layer of 15 stacked networks, batch 60, 1 thread, sparse against dense, speed-up):
-#   784x300  0.43x at 50%, 0.66x at 30%, 0.97x at 20%, 1.7x at 10%, 3.6x at 3.6%
-#   300x100  0.41x at 50%, 0.73x at 30%, 0.85x at 20%, 1.2x at 10%, 1.7x at 3.6%
-#   100x10   slower at every density (0.5x to 0.9x: per-call overhead)
+# weights are kept and it has at least AUTO_MIN_WEIGHTS weights per network. Measured here with
+# `benchmarks/sparse_step.py --layers` (one layer's forward and backward, 15 stacked networks, batch 60,
+# 1 thread; benchmarks/results/2026-12-03-sparse-step.txt), dense time / sparse time:
+#   784x300  0.4-0.9x at 30-50%, 1.0-1.2x at 20%, 1.6x at 15%, 1.7-2.3x at 10%, 3.6-4.5x at 3.6%
+#   300x100  0.4-0.8x at 30-50%, 0.9-1.0x at 20%, 1.25x at 15%, 1.0-1.2x at 10%, 1.7-2.4x at 3.6%
+#   100x10   0.4-1.3x at every density (per-call overhead dominates): kept dense
 AUTO_DENSITY = 0.15
 AUTO_MIN_WEIGHTS = 20_000
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
