@@ -39,7 +39,7 @@ test: setup
 
 # every benchmark runs even when one fails; make bench then exits non-zero naming the failed ones
 bench: setup
-	@failed=""; for b in train_step presets generic instability data_parallel folder_loader; do \
+	@failed=""; for b in train_step sparse_step presets generic instability data_parallel folder_loader; do \
 	  $(PY) benchmarks/$$b.py || failed="$$failed $$b"; \
 	done; if [ -n "$$failed" ]; then echo "make bench: failed:$$failed" >&2; exit 1; fi
 

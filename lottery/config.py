@@ -46,6 +46,7 @@ DEVICES = ("cpu", "cuda", "auto")
 ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
 PRECISIONS = ("float32", "tf32", "bfloat16")
+SPARSE = ("auto", "on", "off")
 BACKENDS = ("auto", "gloo", "nccl")  # train.backend (torch.distributed)
 # Bounds of every size and count a typo can make endless or too large for memory: (smallest, largest). Real
 # studies stay far inside (the paper's LeNet: 50K iterations, batch 60, 5 trials; Frankle et al. 2020's ImageNet
@@ -136,6 +137,10 @@ class TrainConfig:
     device: str = _help("cpu, cuda or auto (cuda when present)", "cpu")
     precision: str = _help("float32; tf32 (CUDA tensor cores for float32 matmuls); bfloat16 (autocast matmuls and "
                            "convolutions; weights, optimizer and masks stay float32)", "float32")
+    sparse: str = _help("sparse execution of pruned fully-connected layers on CPU: auto (layers of at least 20,000 "
+                        "weights per network below 15% density; dense on CUDA, with bfloat16 and data parallel), on "
+                        "(every masked fully-connected layer; an error for other layers, CUDA, bfloat16, world_size > 1) "
+                        "or off. Same results as dense up to floating-point summation order", "auto")
     warmup: int = _help("linear learning-rate warm-up over the first N iterations (0 = none)", 0)
     lr_drops: list[int] = _help("iterations at which the learning rate is multiplied by lr_gamma", [])
     lr_gamma: float = _help("factor of each learning-rate drop", 0.1)
@@ -260,9 +265,12 @@ class Config:
         """Short digest of exactly the named keys (`STAGE_PARAMS` of a stage), recorded in artifact metadata.
 
         The keys only image folders read (FOLDER_KEYS) count only when data.dataset is one: the artifacts of
-        tensor datasets keep the bytes they had before those keys existed."""
+        tensor datasets keep the bytes they had before those keys existed. So does `train.sparse: off`: the key counts
+        only when it is on or auto."""
         if self.data.dataset not in FOLDER_DATASETS:
             keys = [k for k in keys if k not in FOLDER_KEYS]
+        if self.train.sparse == "off":
+            keys = [k for k in keys if k != "train.sparse"]
         blob = json.dumps({k: self.value(k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -305,7 +313,7 @@ def predecessor(prune: PruneConfig, name: str) -> str | None:
 # (every random draw is seeded by order seed, iteration and position, not by the worker), so it is in no list.
 _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
              "train.batch_size", "train.iterations", "train.eval_every", "train.device", "train.precision",
-             "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "train.stack", "data.augment",
+             "train.sparse", "train.warmup", "train.lr_drops", "train.lr_gamma", "train.world_size", "train.stack", "data.augment",
              "data.image_size", "data.resize"]
 # The run's settings that metrics/report.md lists (and the figures' subtitle): summarize reads them, so they are
 # among its params and a change to one reruns it; the report never shows settings of another run.
@@ -321,7 +329,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
     "init": ["seed", "trials", "model.name", "data.augment", "rewind.to", "rewind.iteration", "train.optimizer",
              "train.lr", "train.momentum", "train.weight_decay", "train.batch_size", "train.warmup", "train.lr_drops",
-             "train.lr_gamma", "train.device", "train.precision", "train.world_size", "prune.layers", "prune.ignore",
+             "train.lr_gamma", "train.device", "train.precision", "train.sparse", "train.world_size", "prune.layers", "prune.ignore",
              "data.image_size", "data.resize"],
     # prune.layers / prune.ignore choose which weights are prunable (the masks' keys), even in the dense round;
     # prune.early_bird: the dense round's training is r1's search (`lottery.early_bird`)
@@ -463,6 +471,7 @@ def validate(cfg: Config) -> Config:
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a number in (0, 1]")
     _check(t.device in DEVICES, "train.device", t.device, "one of " + ", ".join(DEVICES))
     _check(t.precision in PRECISIONS, "train.precision", t.precision, "one of " + ", ".join(PRECISIONS))
+    _check(t.sparse in SPARSE, "train.sparse", t.sparse, "one of " + ", ".join(SPARSE))
     _check(t.backend in BACKENDS, "train.backend", t.backend, "one of " + ", ".join(BACKENDS))
     _check(t.batch_size % t.world_size == 0, "train.world_size", t.world_size,
            f"a divisor of train.batch_size={t.batch_size} (every process takes an equal share of each batch)")

@@ -51,12 +51,18 @@ def _normal_(w: torch.Tensor, i: int, gen: torch.Generator, scheme: str) -> None
 
 
 class StackedLinear(nn.Module):
+    # Set by the step engine while it computes a step's losses with this layer sparse (`lottery.sparse`):
+    # the forward is then the sparse one, on the kept values that the engine's optimizer steps.
+    sparse = None
+
     def __init__(self, n: int, d_in: int, d_out: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n, d_out, d_in))
         self.bias = nn.Parameter(torch.zeros(n, 1, d_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N|1, B, in) -> (N, B, out)
+        if self.sparse is not None:
+            return self.sparse(x)
         # Computed as W @ x^T, (N, out, B), and returned as a transposed view: the weight
         # gradient then comes out in the weight's own layout (no transpose copy per step,
         # 1.3x faster on LeNet) and the next layer takes x^T without a copy either.

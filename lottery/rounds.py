@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, early_bird, flops, generic, instability, masks, models, pruning, resume, saliency
+from . import artifacts, distributed, early_bird, flops, generic, instability, masks, models, pruning, resume, saliency, sparse
 from .artifacts import ArtifactError
 from .config import SEARCH_KEYS, Config, ConfigError, artifact_params, dvc_stage, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params, sized_by_data
@@ -107,6 +107,7 @@ def init(cfg: Config, out: Path, data_path: Path | None = None, log=print) -> No
     model = build_model(cfg, seeds, io)
     names = models.prunable(model, cfg.prune.layers, cfg.prune.ignore)
     mask = masks.ones(model, names)
+    sparse.check(model, names, cfg.train)  # (train.sparse: on without a sparse path stops here, before any training)
     k = rewind_point(cfg)
     if prepared is not None:  # bad input stops here, before any round trains
         dry_check(cfg, model, prepared)

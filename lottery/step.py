@@ -9,6 +9,9 @@ With `fast` (the default) it takes shortcuts that give the same weights as the p
     Adam's own state holds pruned weights at zero instead of the multiply (`stop_pruned_updates`);
   - CUDA, with `graph`: the step is captured once as a CUDA graph after a few eager steps and
     replayed (not with augmentation, whose draws come from CPU generators).
+With `train.sparse` (CPU), masked linear layers run sparse (`lottery.sparse`, built here from the mask):
+the optimizer steps only their kept values, and `sync` writes those back into the model's dense weights,
+which the caller does before reading the model's state. Same results up to floating-point summation order.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import sparse
 from .config import TrainConfig
 from .masks import Mask, apply
 
@@ -125,12 +129,14 @@ class Step:
 
     def __init__(self, model: nn.Module, mask: Mask, cfg: TrainConfig, losses: Callable[[torch.Tensor], torch.Tensor],
                  fast: bool = True, graph: bool = True, log=print):
-        params = list(model.parameters())
-        device = params[0].device
-        self.opt = make_optimizer(params, cfg, device)
+        device = next(model.parameters()).device
         apply(model, mask)
-        # Layers with nothing pruned (round r0, dense training) need no re-masking after a step.
-        pruned = [k for k, m in mask.items() if not bool(m.all())]
+        # Layers that run sparse (`train.sparse`): the optimizer steps their kept values instead of the weight.
+        self.sparse = sparse.plan(model, mask, cfg, device)
+        kept = {id(model.get_parameter(k)): s.vals for k, s in self.sparse.items()}
+        self.opt = make_optimizer([kept.get(id(p), p) for p in model.parameters()], cfg, device)
+        # Layers with nothing pruned (round r0, dense training) need no re-masking after a step; nor do sparse ones.
+        pruned = [k for k, m in mask.items() if not bool(m.all()) and k not in self.sparse]
         named = dict(model.named_parameters())
         self.weights = [named[k] for k in pruned]
         self.keep = [mask[k].to(named[k].dtype) for k in pruned]
@@ -142,6 +148,17 @@ class Step:
         self.graph = self.idx_buf = None
         self.side = torch.cuda.Stream() if self.use_graph else None
         self.eager = 0  # eager steps so far (the graph is captured after GRAPH_WARMUP of them)
+
+    def sync(self) -> None:
+        """Write the kept values of the sparse layers into the model's dense weights: call it before reading the
+        model's state (evaluation, early-stop copies, resume points). A no-op without sparse layers."""
+        for s in self.sparse.values():
+            s.sync()
+
+    def load(self) -> None:
+        """Take the sparse layers' kept values from the model's weights again (after loading a resume point)."""
+        for s in self.sparse.values():
+            s.load()
 
     def hold_pruned(self) -> None:
         """Keep pruned weights at exactly zero after an optimizer step, per optimizer:
@@ -157,7 +174,13 @@ class Step:
                 self.weights = []  # from now on Adam's state holds them at zero: no more multiplies
 
     def _step(self, idx: torch.Tensor) -> None:
-        losses = self.losses(idx)  # (N,)
+        for s in self.sparse.values():  # the sparse layers' forward, for this step's losses only
+            s.module.sparse = s
+        try:
+            losses = self.losses(idx)  # (N,)
+        finally:
+            for s in self.sparse.values():
+                s.module.sparse = None
         losses.sum().backward()
         self.opt_step()
         with torch.no_grad():

@@ -198,12 +198,14 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     resumed = None
     if scratch and scratch.is_file():
         resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device, watch)
+        step.load()  # (sparse layers: their kept values from the loaded weights)
     first = start + 1 if resumed is None else resumed + 1
 
     for it in range(first, cfg.iterations + 1):
         step(orders.next_batch(), lr_at(it, cfg) if scheduled else None)
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
+            step.sync()  # (sparse layers: the model's weights hold the current values from here)
             _check_finite(model, step.running, it, label)
             val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision, shard=shard)
             val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
@@ -215,6 +217,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
                 _save_resume(scratch, it, state, step.opt, orders, stop, watch)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
+            step.sync()  # (so that a non-finite loss names the first non-finite weight)
             _check_finite(model, step.running, it, label)
             rate = (it - start) / (time.perf_counter() - t0)
             last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]
@@ -224,6 +227,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             step.running.zero_()
             since, last_line = 0, time.monotonic()
 
+    step.sync()
     final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}

@@ -36,3 +36,17 @@ def test_resnet50_benchmark_times_a_masked_training_step(monkeypatch, capsys):
     head, rate = capsys.readouterr().out.splitlines()[:2]
     assert head.startswith("resnet-50 training step  CPU") and "float32  batch 2  32x32" in head
     assert float(rate.split()[0].replace(",", "")) > 0 and rate.split()[1] == "images/s"
+
+
+def test_sparse_step_benchmark_prints_sparse_and_dense_side_by_side(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["sparse_step.py", "--nets", "2", "--steps", "2", "--passes", "1"])
+    runpy.run_path(str(ROOT / "benchmarks/sparse_step.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 stacked LeNet-300-100, batch 60" in lines[0]
+    assert lines[1].split() == ["fc", "density", "dense", "ms", "sparse", "ms", "auto", "ms", "dense/sparse", "dense/auto"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1.000", "0.135", "0.036"]
+    for r in rows:
+        assert all(float(v) > 0 for v in r[1:4]) and r[4].endswith("x") and r[5].endswith("x")

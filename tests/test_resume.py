@@ -38,7 +38,8 @@ def _run(resume_dir, crash_at=None, **train_kw):
     return model, result
 
 
-@pytest.mark.parametrize("train_kw", [dict(), dict(warmup=30, lr_drops=[90])], ids=["adam", "adam-schedule"])
+@pytest.mark.parametrize("train_kw", [dict(), dict(warmup=30, lr_drops=[90]), dict(sparse="on")],
+                         ids=["adam", "adam-schedule", "adam-sparse"])
 def test_resumed_training_is_bit_identical(tmp_path, train_kw):
     # the schedule sets the lr of the optimizer's param group, a new dict after the resume's load_state_dict
     ref_model, ref = _run(None, **train_kw)
