@@ -5,7 +5,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup repro test bench bench-cluster params dataset clean
+.PHONY: setup repro test bench bench-all bench-cluster params dataset clean
 
 setup: $(VENV)/.installed dataset
 
@@ -37,11 +37,18 @@ repro: setup
 test: setup
 	$(PY) -m pytest -q -n 2
 
-# every benchmark runs even when one fails; make bench then exits non-zero naming the failed ones
+# every benchmark runs even when one fails; make bench then exits non-zero naming the failed ones.
+# bench: the step, sparse execution, data-parallel rounds and the image loader; bench-all adds the long rows
+BENCH = train_step sparse_step data_parallel folder_loader
 bench: setup
-	@failed=""; for b in train_step sparse_step presets generic instability data_parallel folder_loader; do \
+	@failed=""; for b in $(BENCH); do \
 	  $(PY) benchmarks/$$b.py || failed="$$failed $$b"; \
 	done; if [ -n "$$failed" ]; then echo "make bench: failed:$$failed" >&2; exit 1; fi
+
+bench-all: setup
+	@failed=""; for b in $(BENCH) presets generic instability resnet50; do \
+	  $(PY) benchmarks/$$b.py || failed="$$failed $$b"; \
+	done; if [ -n "$$failed" ]; then echo "make bench-all: failed:$$failed" >&2; exit 1; fi
 
 # Ray clusters on this machine (1 vs 2 worker nodes, and one experiment against a local run): minutes
 bench-cluster: setup
