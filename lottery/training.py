@@ -123,12 +123,12 @@ class EarlyStop:
         self.curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
 
 
-def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop) -> None:
-    atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(), **orders.state_dict(),
-                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve}, path)
+def _save_resume(path: Path, it: int, state, step: Step, orders: Orders, stop: EarlyStop) -> None:
+    atomic_save({"it": it, "state": state, "best": stop.best, "opt": step.opt.state_dict(), **orders.state_dict(),
+                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve, "mask": step.mask}, path)
 
 
-def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log,
+def _load_resume(path: Path, model: nn.Module, step: Step, orders: Orders, stop: EarlyStop, label: str, log,
                  device: torch.device) -> int | None:
     """Restore the loop state saved at `path`; returns the iteration it was saved at (None: unreadable)."""
     try:
@@ -136,9 +136,11 @@ def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyS
     except Exception as e:  # a torn scratch file is not worth failing for: start over
         log(f"[{label}] ignoring unreadable resume checkpoint {path} ({type(e).__name__})")
         return None
+    if "mask" in st:  # (a mask that moved during training: dynamic sparse training, lottery.dst)
+        step.set_mask(list(range(len(stop.loss))), st["mask"], {k: torch.zeros_like(m) for k, m in st["mask"].items()})
     model.load_state_dict(st["state"])
     stop.best = st["best"]
-    opt.load_state_dict(st["opt"])
+    step.opt.load_state_dict(st["opt"])
     orders.load_state_dict(st)
     stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
     log(f"[{label}] resumed from {path} at iteration {st['it']}")
@@ -147,7 +149,8 @@ def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyS
 
 def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, order_seeds: list[int],
           label: str = "train", log=print, resume_dir: Path | None = None, checkpoint_seconds: float = 120.0,
-          start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True) -> Result:
+          start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True,
+          update=None) -> Result:
     """Train the stack in place and return its results.
 
     With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
@@ -157,7 +160,9 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     learning-rate schedule continue where an uninterrupted run would be. `constant_lr`
     replaces the schedule (fine-tuning). `augment` applies CIFAR's crop-and-flip per batch.
     `fast` (the default) takes the step engine's shortcuts, which give the same weights as the
-    plain path (`fast=False`; see lottery.step).
+    plain path (`fast=False`; see lottery.step). `update(it, step)`, when given, runs after the optimizer
+    step of every iteration, the gradients still in place: it may change masks through `step.set_mask`
+    (dynamic sparse training: `lottery.dst.Updater`); `mask` is then the final mask when training returns.
     """
     n_train, bs, device = len(data.train), cfg.batch_size, data.device
     if bs > n_train:
@@ -178,7 +183,8 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
-    inputs = digest(model, mask, cfg, order_seeds, n_train, (start, constant_lr, augment)) if resume_dir else ""
+    extra = (start, constant_lr, augment) + ((update.key(),) if update is not None else ())
+    inputs = digest(model, mask, cfg, order_seeds, n_train, extra) if resume_dir else ""
     scratch = resume.point(resume_dir, label, inputs) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
     # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
@@ -190,11 +196,13 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         set_lr(step.opt, constant_lr)
     resumed = None
     if scratch and scratch.is_file():
-        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device)
+        resumed = _load_resume(scratch, model, step, orders, stop, label, log, device)
     first = start + 1 if resumed is None else resumed + 1
 
     for it in range(first, cfg.iterations + 1):
         step(orders.next_batch(), lr_at(it, cfg) if scheduled else None)
+        if update is not None:
+            update(it, step)
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             _check_finite(model, step.running, it, label)
@@ -203,7 +211,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             _check_finite(model, val_loss, it, label)
             stop.update(it, state, val_loss, val_acc)
             if main and scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
-                _save_resume(scratch, it, state, step.opt, orders, stop)
+                _save_resume(scratch, it, state, step, orders, stop)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             _check_finite(model, step.running, it, label)
