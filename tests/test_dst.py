@@ -207,3 +207,84 @@ def test_rigl_and_set_rounds_through_dvc_keep_the_tickets_counts(repo):
     assert {"rigl", "set", "reinit"} <= set(rounds["r1"])
     report = (repo.path / "metrics" / "report.md").read_text()
     assert "| rigl |" in report and "| set |" in report
+
+
+class Crash(Exception):
+    pass
+
+
+def _dst_run(resume_dir, crash_at=None):
+    from lottery.data import TensorData
+    from lottery.training import train
+
+    model = models.build("mlp-mnist1d", [3, 4])
+    gen = torch.Generator().manual_seed(5)
+    mask = {k: torch.rand(p.shape, generator=gen) < 0.4 for k, p in model.named_parameters() if k in models.prunable(model)}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, generator=g)
+    data = TensorData(x, x[:, :10].argmax(1), x[:50], x[:50, :10].argmax(1), x[50:100], x[50:100, :10].argmax(1))
+    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10)
+
+    def log(line):
+        if crash_at and f"it {crash_at:>6}/" in line:
+            raise Crash(line)
+
+    update = dst.Updater(DSTConfig(update_every=20), ["rigl", "set"], [7, 8], cfg.iterations)
+    train(model, mask, data, cfg, [3, 4], log=log, resume_dir=resume_dir, checkpoint_seconds=0.0, update=update)
+    return model, mask
+
+
+def test_a_resumed_dst_training_restores_the_moved_masks(tmp_path):
+    ref_model, ref_mask = _dst_run(None)
+    with pytest.raises(Crash):
+        _dst_run(tmp_path, crash_at=70)  # after the updates at 20, 40, 60
+    model, mask = _dst_run(tmp_path)
+    for k, m in ref_mask.items():
+        assert torch.equal(m, mask[k]), k
+    for (k, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_the_stack_of_a_round_and_its_groups(tmp_path):
+    """build_stack: rigl and set rows start from a fresh init at random positions with the ticket's counts;
+    train_groups (train.stack=2, 4 groups) moves only their masks, in the caller's mask, and a finished group's
+    file gives them back."""
+    from test_rounds import fake_round, make_cfg
+    from test_training import synthetic_data
+
+    from lottery import rounds
+
+    cfg = make_cfg(controls=("reinit", "rigl", "set"))
+    cfg.train.stack, cfg.dst.update_every = 2, 2
+    runs = tmp_path / "runs"
+    rounds.init(cfg, runs / "init")
+    fake_round(runs, "r0", cfg=cfg)
+    stack = rounds.build_stack(cfg, "r1", "r0", runs)
+    start = copy.deepcopy(stack)
+    theta0 = artifacts.load(runs / "init" / "model.pt", "weights")[0]
+    state = stack.model.state_dict()
+    for v in ("rigl", "set"):
+        rows = stack.rows(v)
+        assert stack.init_seeds[rows] == [derived_seed(s, v, "r1") for s in (10, 11)]
+        assert stack.mask_seeds[rows] == [derived_seed(s, f"{v}/mask", "r1") for s in (10, 11)]
+        for k, m in stack.ticket_mask.items():
+            assert masks.kept({k: stack.mask[k][rows]})[k].tolist() == masks.kept({k: m})[k].tolist()
+            assert not torch.equal(stack.mask[k][rows], m)
+            assert not torch.equal(state[k][rows], theta0[k] * stack.mask[k][rows])  # a fresh init
+            assert (state[k][rows][~stack.mask[k][rows]] == 0).all()
+    data = synthetic_data()
+    mask = {k: m.clone() for k, m in stack.mask.items()}
+    rounds.train_groups(cfg, stack, mask, data, "r1", log=lambda *_: None, resume_dir=tmp_path / "scratch")
+    for v in stack.variants:
+        rows = stack.rows(v)
+        for k, m in mask.items():
+            assert masks.kept({k: m[rows]})[k].tolist() == masks.kept({k: stack.mask[k][rows]})[k].tolist()
+            assert torch.equal(m[rows], stack.mask[k][rows]) == (v not in ("rigl", "set")), (v, k)
+            assert (stack.model.state_dict()[k][rows][~m[rows]] == 0).all()
+    again = {k: m.clone() for k, m in start.mask.items()}
+    lines = []
+    rounds.train_groups(cfg, start, again, data, "r1", log=lines.append, resume_dir=tmp_path / "scratch")
+    assert sum("trained before, read from" in line for line in lines) == 4
+    for k, m in mask.items():  # every group read back from its file, masks included
+        assert torch.equal(again[k], m), k
+        assert torch.equal(start.model.state_dict()[k], stack.model.state_dict()[k])
