@@ -102,13 +102,23 @@ def update_layer(w: torch.Tensor, keep: torch.Tensor, fraction: float, grow_scor
     if bool(flat.all()):  # a dense layer (erk can make one): nothing to move
         return keep.clone(), torch.zeros_like(keep)
     n = int(fraction * int(flat.sum()))
-    drop = torch.argsort(w.detach().abs().flatten().masked_fill(~flat, float("inf")), stable=True)[:n]
+    drop = smallest(w.detach().abs().flatten().masked_fill(~flat, float("inf")), n)
     after = flat.clone()
     after[drop] = False
-    grow = torch.argsort(grow_score.flatten().double().masked_fill(after, float("-inf")), descending=True, stable=True)[:n]
+    grow = smallest(-grow_score.flatten().masked_fill(after, float("-inf")), n)
     grown = torch.zeros_like(flat)
     grown[grow] = True
     return (after | grown).view_as(keep), grown.view_as(keep)
+
+
+def smallest(score: torch.Tensor, n: int) -> torch.Tensor:
+    """The positions of the n smallest entries of a flat tensor, ties taken by lower position: the set of a stable
+    sort's first n, in linear time (a k-th value, then the entries below it and the first of those equal to it)."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=score.device)
+    t = score.kthvalue(n).values
+    below = torch.nonzero(score < t).flatten()
+    return torch.cat([below, torch.nonzero(score == t).flatten()[: n - len(below)]])
 
 
 @dataclass

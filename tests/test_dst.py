@@ -138,6 +138,14 @@ def test_the_step_keeps_the_dense_gradient():
         assert (expected[k][~step.mask[k]].abs() > 0).any()  # nonzero where the weights are pruned
 
 
+def test_smallest_are_a_stable_sorts_first_n():
+    gen = torch.Generator().manual_seed(0)
+    score = torch.randint(0, 5, (200,), generator=gen).float()  # many ties
+    score[::7] = float("inf")
+    for n in (0, 1, 37, 100, 171):
+        assert sorted(dst.smallest(score, n).tolist()) == sorted(torch.argsort(score, stable=True)[:n].tolist())
+
+
 def test_schedule_and_decay():
     cfg = DSTConfig(update_every=100, fraction=0.3, stop_at=0.75)
     assert [it for it in range(1, 1001) if dst.due(it, cfg, 1000)] == [100, 200, 300, 400, 500, 600, 700]
