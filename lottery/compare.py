@@ -56,7 +56,8 @@ def plot(tables: dict, out: Path) -> Path:
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    styles = {"ticket": "-", "reinit": "--", "random": ":", "invert": "-."}
+    styles = {"ticket": "-", "reinit": "--", "random": ":", "invert": "-.", "rigl": (0, (5, 1, 1, 1, 1, 1)),
+              "set": (0, (1, 1))}
     for colour, (rev, df) in enumerate(tables.items()):
         bird = ", early-bird" if "early_bird_iteration" in df and df["early_bird_iteration"].notna().any() else ""
         crit = f" ({df['criterion'].iloc[-1]}, at {df['at'].iloc[-1]}{bird})" if "criterion" in df else ""
@@ -64,7 +65,7 @@ def plot(tables: dict, out: Path) -> Path:
             g = df[df["variant"] == v].groupby("round")
             s = g[["weights_remaining", "test_accuracy"]].mean().join(g["test_accuracy"].agg(["min", "max"]))
             s = s.sort_values("weights_remaining", ascending=False)
-            ax.plot(s["weights_remaining"], s["test_accuracy"], styles[v], color=f"C{colour}", marker="o", ms=2.5,
+            ax.plot(s["weights_remaining"], s["test_accuracy"], ls=styles[v], color=f"C{colour}", marker="o", ms=2.5,
                     label=f"{rev}{crit}: {v}")
             ax.fill_between(s["weights_remaining"], s["min"], s["max"], color=f"C{colour}", alpha=0.12, lw=0)
     ax.set_xscale("log")

@@ -41,7 +41,8 @@ PAI_CRITERIA = ("snip", "grasp", "synflow")  # score the rewind point before tra
 PRUNE_AT = ("trained", "init")
 KINDS = ("conv", "fc", "output")
 REWINDS = ("init", "iteration", "lr", "finetune")
-CONTROLS = ("reinit", "random", "invert")
+CONTROLS = ("reinit", "random", "invert", "rigl", "set")
+DST_DISTRIBUTIONS = ("match", "erk", "uniform")  # dst.distribution (lottery.dst)
 DEVICES = ("cpu", "cuda", "auto")
 ROUND_NAME = r"r\d+"  # the form of a round name: it reaches DVC's templated stage commands
 MAX_ROUNDS = 100  # cap of prune.rounds: each round is a DVC stage, and `dvc repro` slows past ~100 stages
@@ -70,6 +71,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "prune.score_batches": (1, 1_000),
     "prune.synflow_iterations": (1, 10_000),
     "prune.early_bird.window": (1, 10_000),
+    "dst.update_every": (1, 10_000_000),
     "instability.points": (2, 1_000),
     "instability.train_subset": (1, 10_000_000),
     "instability.bn_batches": (1, 10_000),
@@ -240,11 +242,23 @@ def transfer_stages(source: str, round_name: str) -> dict[str, str]:
 
 
 @dataclass
+class DSTConfig:
+    update_every: int = _help("controls rigl and set: iterations between two mask updates (ΔT)", 100)
+    fraction: float = _help("controls rigl and set: fraction of each layer's kept weights replaced per update (α; "
+                            "rigl decays it by a cosine to 0 at stop_at, set keeps it: ζ), in (0, 1)", 0.3)
+    stop_at: float = _help("controls rigl and set: the masks stop moving after this fraction of train.iterations, "
+                           "in (0, 1]", 0.75)
+    distribution: str = _help("controls rigl and set: kept weights per layer: match (the ticket's counts), erk "
+                              "(Erdős–Rényi-Kernel) or uniform (one density), at the ticket's total", "match")
+
+
+@dataclass
 class Config:
     seed: int = _help("base seed; trial t uses seed + t", 0)
     trials: int = _help("independent trials (init and data order) per variant", 2)
     controls: list[str] = _help("controls trained beside each ticket: reinit, random (= shuffle), invert (the lowest "
-                                "scores at the ticket's per-layer counts)", ["reinit", "random"])
+                                "scores at the ticket's per-layer counts), rigl and set (dynamic sparse training from "
+                                "a fresh init at the ticket's counts: dst.*)", ["reinit", "random"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -253,6 +267,7 @@ class Config:
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     instability: InstabilityConfig = field(default_factory=InstabilityConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    dst: DSTConfig = field(default_factory=DSTConfig)
 
     def value(self, key: str) -> Any:
         """The value of a dotted params key (`train.lr`) or a whole section (`rewind`), as plain data."""
@@ -338,7 +353,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "round": [*_TRAINING, "controls", "prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate",
               "prune.global_kinds", "prune.criterion", "prune.schedule", "prune.layers", "prune.ignore",
               "prune.layer_rates", "prune.at", "prune.score_batches", "prune.synflow_iterations", "prune.early_bird", "rewind",
-              "instability", "data.split_seed"],
+              "instability", "data.split_seed", "dst"],
     "summarize": ["summary", *REPORT_SETTINGS, "transfer"],
     # transfer.source's round materialised under runs/transfer/source/ (always run: a source name may point elsewhere)
     "transfer-source": ["model.name", "data.dataset", "trials", "transfer", "prune.layers", "prune.ignore"],
@@ -513,6 +528,7 @@ def validate(cfg: Config) -> Config:
     _validate_instability(cfg)
     _validate_early_bird(cfg)
     _validate_transfer(cfg)
+    _validate_dst(cfg)
     return cfg
 
 
@@ -540,6 +556,19 @@ def _validate_transfer(cfg: Config) -> None:
     if x.source:
         _check(cfg.rewind.to in ("init", "iteration"), "transfer.source", x.source,
                f"a transferred ticket trains from a rewind point: rewind.to init or iteration, not {cfg.rewind.to!r}")
+
+
+def _validate_dst(cfg: Config) -> None:
+    s = cfg.dst
+    _check(0 < s.fraction < 1, "dst.fraction", s.fraction, "a number in (0, 1)")
+    _check(0 < s.stop_at <= 1, "dst.stop_at", s.stop_at, "a number in (0, 1]")
+    _check(s.distribution in DST_DISTRIBUTIONS, "dst.distribution", s.distribution, "one of " + ", ".join(DST_DISTRIBUTIONS))
+    dynamic = [c for c in cfg.controls if c in ("rigl", "set")]
+    _check(not dynamic or cfg.prune.at == "trained", "controls", cfg.controls,
+           f"{' and '.join(dynamic)} train at the counts of a ticket that training found: they need prune.at: trained, "
+           f"not {cfg.prune.at!r}")
+    _check(not dynamic or cfg.train.sparse != "on", "train.sparse", cfg.train.sparse,
+           f"auto or off with controls {' and '.join(dynamic)}: a mask that moves during training trains dense")
 
 
 def _check_pai(cfg: Config) -> None:

@@ -27,6 +27,9 @@ rewound to (`init`: θ0, or θk with `rewind.to: iteration`; the previous round'
   reinit: the mask only (a fresh init): the search up to r(k-1), plus its own training;
   random: the start only (its per-layer counts are the plan's, which need no training), plus its own;
       with `prune.strategy: global` the counts of the layers ranked together come from the search: the mask too.
+  rigl, set: neither (a fresh init at the plan's counts), only their own training, whose `train_flops` for rigl
+      adds, on each of its mask updates, the dense weight gradient: (dense - kept) forward multiply-adds x batch
+      (RigL's (3·f_S·ΔT + 2·f_S + f_D) / (ΔT + 1)); with `prune.strategy: global`, the mask too.
   `init` is θk's training when rounds rewind to iteration k (k iterations of the dense network, counted once
   in any total that needs θk; zero for θ0).
 """
@@ -111,8 +114,12 @@ def sources(k: int, prev: str, at: str, rewind_to: str, pooled: bool, variants: 
     `prev`: the round it prunes ("init" for r0); `pooled`: layers ranked together (`prune.strategy: global`)."""
     mask = None if k == 0 else (prev if at == "trained" else "init")
     start = prev if rewind_to in ("lr", "finetune") else "init"
-    needs = {v: ["mask"] if v == "reinit" else ["mask", "start"] if pooled or v != "random" else ["start"]
-             for v in variants}
+    def need(v: str) -> list[str]:
+        if v in ("rigl", "set"):  # a fresh init at the ticket's counts: the plan's, or the search's when pooled
+            return ["mask"] if pooled else []
+        return ["mask"] if v == "reinit" else ["mask", "start"] if pooled or v != "random" else ["start"]
+
+    needs = {v: need(v) for v in variants}
     return {"mask": mask, "start": start, "needs": needs}
 
 

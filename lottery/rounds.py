@@ -2,7 +2,8 @@
 
 A round trains every network it needs as one stack: the ticket of each trial and, beside it,
 each control (`reinit`: the ticket's mask on a fresh init; `random`: a random mask with the
-ticket's per-layer sparsity on θ0). Round r0 is the dense network and has no controls.
+ticket's per-layer sparsity on θ0; `rigl`, `set`: dynamic sparse training from a fresh init at the
+ticket's counts, lottery.dst). Round r0 is the dense network and has no controls.
 Files written per round (all under runs/<round>/):
   mask.pt      the ticket masks, one per trial
   model.pt     the ticket's trained weights, one per trial (the next round prunes these)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, early_bird, flops, generic, instability, masks, models, pruning, resume, saliency, sparse
+from . import artifacts, distributed, dst, early_bird, flops, generic, instability, masks, models, pruning, resume, saliency, sparse
 from .artifacts import ArtifactError
 from .config import SEARCH_KEYS, Config, ConfigError, artifact_params, dvc_stage, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params, sized_by_data
@@ -231,8 +232,9 @@ def assemble(cfg: Config, label: str, variants: list[str], names: list[str], tic
             i = stack.rows(v, t)
             # every draw of a trial derives from its own seed alone, so trials of experiments that differ only
             # in `seed` are the trials of one bigger experiment (lottery.pool)
-            stack.init_seeds[i] = derived_seed(s, "reinit", label) if v == "reinit" else s
-            stack.mask_seeds[i] = derived_seed(s, "random", label) if v == "random" else None
+            stack.init_seeds[i] = derived_seed(s, v, label) if v in ("reinit", *dst.METHODS) else s
+            stack.mask_seeds[i] = derived_seed(s, "random", label) if v == "random" else \
+                derived_seed(s, f"{v}/mask", label) if v in dst.METHODS else None
             stack.order_seeds[i] = derived_seed(s, "copy") if v == "copy" else s
 
     stack.model = build_model(cfg, stack.init_seeds, io)
@@ -240,7 +242,7 @@ def assemble(cfg: Config, label: str, variants: list[str], names: list[str], tic
     stack.mask = {key: torch.zeros(state[key].shape, dtype=torch.bool) for key in names}
     for v in variants:
         rows = stack.rows(v)
-        if v != "reinit":  # rewind to the start weights, read from the artifacts
+        if v not in ("reinit", *dst.METHODS):  # rewind to the start weights, read from the artifacts
             for key in state:
                 state[key][rows] = start_weights[key]
         net_mask = ticket_mask
@@ -248,6 +250,8 @@ def assemble(cfg: Config, label: str, variants: list[str], names: list[str], tic
             net_mask = pruning.random_like(ticket_mask, stack.mask_seeds[rows])
         if v == "invert":
             net_mask = inverted
+        if v in dst.METHODS:  # random positions at the ticket's per-layer counts (dst.distribution: match)
+            net_mask = dst.initial_mask(ticket_mask, cfg.dst.distribution, stack.mask_seeds[rows])
         for key in names:
             stack.mask[key][rows] = net_mask[key]
     stack.model.load_state_dict(state)
@@ -346,6 +350,8 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
         log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
     result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs), watch=search)
     seconds = time.perf_counter() - t0
+    for key, m in dev_mask.items():  # the final masks (rigl and set move theirs during training)
+        stack.mask[key].copy_(m.cpu())
     if not distributed.is_main():  # rank 0 of a data-parallel round writes the round
         return {}
 
@@ -381,8 +387,11 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
     n, size = len(stack.order_seeds), cfg.train.stack or len(stack.order_seeds)
     kw = dict(log=log, resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds, start=stack.start,
               constant_lr=stack.constant_lr, augment=cfg.data.augment)
+    methods = [v if v in dst.METHODS else None for v in stack.variants for _ in range(stack.trials)]
+    update = dst.Updater(cfg.dst, methods, stack.mask_seeds, cfg.train.iterations).rows(slice(0, n))
     if size >= n:
-        return train(stack.model, mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, watch=watch, **kw)
+        return train(stack.model, mask, data, cfg.train, order_seeds=stack.order_seeds, label=name, watch=watch,
+                     update=update, **kw)
     if watch is not None:  # (config.validate refuses the combination; a guard for library callers)
         raise ConfigError(f"prune.early_bird: not with train.stack={size} < the round's {n} networks")
     state, parts = stack.model.state_dict(), []
@@ -391,18 +400,24 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
         seeds = stack.order_seeds[rows]
         net = build_model(cfg, stack.init_seeds[rows], io).to(data.device)
         net.load_state_dict({k: v[rows] for k, v in state.items()})
-        net_mask = {k: m[rows] for k, m in mask.items()}
-        done = resume_dir and resume.group(resume_dir, name, g, digest(net, net_mask, cfg.train, seeds, len(data.train)))
+        net_mask = {k: m[rows] for k, m in mask.items()}  # (views: a mask that moves during training moves in `mask`)
+        hook = update and update.rows(rows)
+        extra = (hook.key(),) if hook else ()
+        done = resume_dir and resume.group(resume_dir, name, g, digest(net, net_mask, cfg.train, seeds, len(data.train),
+                                                                      extra))
         if done and done.is_file():
             kept = torch.load(done, map_location=data.device, weights_only=True)
             net.load_state_dict(kept["state"])
+            for k, m in kept.get("mask", {}).items():
+                net_mask[k].copy_(m)
             result = Result(**kept["result"])
             log(f"[{name}] networks {lo}-{rows.stop - 1} of {n}: trained before, read from {done}")
         else:
             log(f"[{name}] networks {lo}-{rows.stop - 1} of {n} (train.stack={size})")
-            result = train(net, net_mask, data, cfg.train, order_seeds=seeds, label=name, **kw)
+            result = train(net, net_mask, data, cfg.train, order_seeds=seeds, label=name, update=hook, **kw)
             if done and distributed.is_main():
-                artifacts.atomic_save({"state": net.state_dict(), "result": dataclasses.asdict(result)}, done)
+                artifacts.atomic_save({"state": net.state_dict(), "result": dataclasses.asdict(result), "mask": net_mask},
+                                      done)
         with torch.no_grad():
             for k, v in net.state_dict().items():
                 state[k][rows] = v
@@ -460,17 +475,22 @@ def write_round(cfg: Config, name: str, stack: Stack, trained: dict[str, torch.T
     k, batch, iterations = round_index(name), cfg.train.batch_size, cfg.train.iterations - stack.start
     where = flops.positions(stack.model, example_shape)
     macs = flops.forward_macs(stack.model, mask, where)
-    pooled = k > 0 and "random" in stack.variants and \
+    pooled = k > 0 and bool({"random", *dst.METHODS} & set(stack.variants)) and \
         len(pruning.plan(cfg.prune, models.kinds(stack.model, cfg.prune.layers, cfg.prune.ignore), k).pooled) > 1
+    dense = flops.forward_macs(stack.model, {}, where)[0]
     cost = {"sources": flops.sources(k, prev, cfg.prune.at, cfg.rewind.to, pooled, stack.variants),
             "init": {"iterations": stack.start,  # θk: the dense network trained k iterations (once per trial)
-                     "train_flops": flops.train_flops(flops.forward_macs(stack.model, {}, where)[0], batch, stack.start)}}
-    metrics = {"round": name, "index": k, "networks": network_rows(stack, result, seeds, macs, batch, iterations),
-               "cost": cost}
+                     "train_flops": flops.train_flops(dense, batch, stack.start)}}
+    updates = sum(dst.due(it, cfg.dst, cfg.train.iterations) for it in range(stack.start + 1, cfg.train.iterations + 1))
+    networks = network_rows(stack, result, seeds, macs, batch, iterations)
+    for n, (v, _, i) in zip(networks, order(stack)):
+        if v == "rigl":  # rigl's dense gradient on its update steps
+            n["train_flops"] += updates * (dense - macs[i]) * batch
+    metrics = {"round": name, "index": k, "networks": networks, "cost": cost}
     series = {}
     if search is not None:
         metrics["early_bird"] = _early_bird_record(cfg, name, stack, search)
-        for n in metrics["networks"][:stack.trials]:  # the ticket's rows come first
+        for n in networks[:stack.trials]:  # the ticket's rows come first
             n["early_bird_iteration"] = search.iteration[n["trial"]]
         series = {("ticket", t): {"mask_distance": [(it, round(d, 6)) for it, d in c]}
                   for t, c in enumerate(search.curve)}

@@ -20,11 +20,11 @@ import sys
 # Columns the headline keeps even when equal in every row (--only-changed drops the others that are): the row's
 # name and kind, dense accuracy, every variant's verdict (the sparsest % of weights remaining still winning),
 # the ticket's gain.
-KEEP = [r"(Experiment|rev|typ)$", r"dense_acc$", r"(ticket|reinit|random|invert)\.win$", r"ticket\.gain$"]
+KEEP = [r"(Experiment|rev|typ)$", r"dense_acc$", r"(ticket|reinit|random|invert|rigl|set)\.win$", r"ticket\.gain$"]
 # Columns it drops: every dependency (`data/raw.json`, `lottery/*.py`, `runs/r1/mask.pt`: a '/', or `runs`), the
 # round list prune.rounds generates, the creation time, and the other metrics (`metrics/summary.json` has them).
 DROP = [r".*/", r"runs$", r"Created$", r"prune\.chain\.", r"dense_trained$", r"criterion$", r"at$",
-        r"(ticket|reinit|random|invert)\.(speedup|gain)$", r"instability\.(dense|stable)$"]
+        r"(ticket|reinit|random|invert|rigl|set)\.(speedup|gain)$", r"instability\.(dense|stable)$"]
 OWN_FORMAT = ("--csv", "--md", "--json")  # options that ask for DVC's own output
 
 

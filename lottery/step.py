@@ -131,15 +131,12 @@ class Step:
                  fast: bool = True, graph: bool = True, log=print):
         device = next(model.parameters()).device
         apply(model, mask)
+        self.mask, self.params = mask, dict(model.named_parameters())  # the training mask: changed by set_mask only
         # Layers that run sparse (`train.sparse`): the optimizer steps their kept values instead of the weight.
         self.sparse = sparse.plan(model, mask, cfg, device)
         kept = {id(model.get_parameter(k)): s.vals for k, s in self.sparse.items()}
         self.opt = make_optimizer([kept.get(id(p), p) for p in model.parameters()], cfg, device)
-        # Layers with nothing pruned (round r0, dense training) need no re-masking after a step; nor do sparse ones.
-        pruned = [k for k, m in mask.items() if not bool(m.all()) and k not in self.sparse]
-        named = dict(model.named_parameters())
-        self.weights = [named[k] for k in pruned]
-        self.keep = [mask[k].to(named[k].dtype) for k in pruned]
+        self._track_pruned()
         self.losses = losses
         self.running = torch.zeros(next(iter(mask.values())).shape[0], device=device)  # masks are (N, ...)
         self.cpu_fast = fast and device.type == "cpu"
@@ -159,6 +156,42 @@ class Step:
         """Take the sparse layers' kept values from the model's weights again (after loading a resume point)."""
         for s in self.sparse.values():
             s.load()
+
+    def _track_pruned(self) -> None:
+        """The layers `hold_pruned` masks and their keep factors, from the mask (layers with nothing pruned, as in
+        round r0, need no re-masking after a step; nor do sparse layers, which hold only their kept values)."""
+        pruned = [k for k, m in self.mask.items() if not bool(m.all()) and k not in self.sparse]
+        self.weights = [self.params[k] for k in pruned]
+        self.keep = [self.mask[k].to(self.params[k].dtype) for k in pruned]
+
+    @torch.no_grad()
+    def set_mask(self, rows: list[int], new: Mask, grown: Mask | None = None) -> None:
+        """Change the training mask of the networks `rows` of the stack: the one way a mask changes after the
+        Step is built (dynamic sparse training, lottery.dst; a resume point restoring its mask).
+
+        new[k]: the new mask of layer k for those rows, (len(rows), ...); grown[k]: the positions that start afresh
+        (default: new & ~old; a position dropped and grown back in the same update is grown too). Newly pruned
+        weights become zero, grown ones exactly zero, and the optimizer state of grown positions is reset (Adam's
+        moments, SGD's momentum: 0); everything derived from the mask is rebuilt: the layers `hold_pruned` masks,
+        Adam's +inf at pruned positions (fast CPU path), the CUDA graph (captured again at the next step).
+        """
+        if self.sparse:  # (their CSR structures are not rebuilt yet: lottery.training keeps dynamic masks dense)
+            raise RuntimeError(f"set_mask: layers {sorted(self.sparse)} run sparse; a mask that moves needs train.sparse off")
+        idx = torch.as_tensor(rows, dtype=torch.long, device=next(iter(self.mask.values())).device)
+        for k, m in new.items():
+            full = self.mask[k]
+            g = m & ~full[idx] if grown is None else grown[k]
+            full[idx] = m
+            fresh = torch.zeros_like(full)
+            fresh[idx] = g
+            self.params[k].masked_fill_(~full | fresh, 0)
+            state = self.opt.state.get(self.params[k], {})
+            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+                if isinstance(state.get(name), torch.Tensor):
+                    state[name].masked_fill_(fresh, 0)
+        self._track_pruned()
+        self.hold_pruned()  # (pruned weights are zero already: on the fast CPU path, +inf where Adam's state exists)
+        self.graph = None
 
     def hold_pruned(self) -> None:
         """Keep pruned weights at exactly zero after an optimizer step, per optimizer:

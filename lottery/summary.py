@@ -35,7 +35,7 @@ FLOPS_KEYS = ["train_flops", "cumulative_flops", "cumulative_iterations"]  # per
 # The ticket's early-bird search (prune.early_bird.enabled; empty otherwise and for controls): the early-bird
 # iteration (empty when the mask never stabilised) and the fraction of the round's iterations the search saved
 EARLY_BIRD_COLUMNS = ["early_bird_iteration", "early_bird_saved"]
-VARIANTS = ["ticket", "reinit", "random", "invert"]
+VARIANTS = ["ticket", "reinit", "random", "invert", "rigl", "set"]
 CONTROLS = VARIANTS[1:]
 ROUND_KEYS = ["weights_remaining", "test_accuracy", "early_stop_iteration", "final_test_accuracy"]
 NETWORK_KEYS = [*COLUMNS[3:], "variant", "layers_remaining"]
@@ -702,8 +702,9 @@ def report(summary: dict, df: pd.DataFrame, tolerance: float, settings: dict[str
         lines += ["Training FLOPs: 3 x the forward multiply-adds of the kept weights x batch size x iterations "
                   "(forward + backward, RigL's convention; a multiply-add is one operation). `train FLOPs`: the "
                   "round's own training; `cumul. FLOPs`: every training it took to reach it (the ticket: its chain "
-                  "of rounds; reinit: the search up to the previous round and its own; random: its own; θk's "
-                  "training when rewinding to iteration k). flops.png: test accuracy against the cumulative FLOPs.", ""]
+                  "of rounds; reinit: the search up to the previous round and its own; random, rigl, set: their own, "
+                  "rigl's with the dense weight gradient of its mask updates; θk's training when rewinding to "
+                  "iteration k). flops.png: test accuracy against the cumulative FLOPs.", ""]
     lines += [f"![{Path(name).stem}]({name})" for name in images]
     return "\n".join(lines) + "\n"
 

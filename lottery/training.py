@@ -7,6 +7,7 @@ The test set is only evaluated on the weights chosen by validation and on the fi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from contextlib import nullcontext
@@ -123,13 +124,13 @@ class EarlyStop:
         self.curve.append({"iteration": it, "val_loss": val_loss.tolist(), "val_acc": val_acc.tolist()})
 
 
-def _save_resume(path: Path, it: int, state, opt, orders: Orders, stop: EarlyStop, watch=None) -> None:
-    atomic_save({"it": it, "state": state, "best": stop.best, "opt": opt.state_dict(), **orders.state_dict(),
-                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve,
+def _save_resume(path: Path, it: int, state, step: Step, orders: Orders, stop: EarlyStop, watch=None) -> None:
+    atomic_save({"it": it, "state": state, "best": stop.best, "opt": step.opt.state_dict(), **orders.state_dict(),
+                 "best_loss": stop.loss, "best_it": stop.it, "curve": stop.curve, "mask": step.mask,
                  **({"watch": watch.state_dict()} if watch else {})}, path)
 
 
-def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyStop, label: str, log,
+def _load_resume(path: Path, model: nn.Module, step: Step, orders: Orders, stop: EarlyStop, label: str, log,
                  device: torch.device, watch=None) -> int | None:
     """Restore the loop state saved at `path`; returns the iteration it was saved at (None: unreadable)."""
     try:
@@ -137,9 +138,12 @@ def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyS
     except Exception as e:  # a torn scratch file is not worth failing for: start over
         log(f"[{label}] ignoring unreadable resume checkpoint {path} ({type(e).__name__})")
         return None
+    if "mask" in st and any(not torch.equal(m, step.mask[k]) for k, m in st["mask"].items()):  # (a mask that moved
+        # during training: dynamic sparse training, lottery.dst)
+        step.set_mask(list(range(len(stop.loss))), st["mask"], {k: torch.zeros_like(m) for k, m in st["mask"].items()})
     model.load_state_dict(st["state"])
     stop.best = st["best"]
-    opt.load_state_dict(st["opt"])
+    step.opt.load_state_dict(st["opt"])
     orders.load_state_dict(st)
     stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
     if watch:
@@ -151,7 +155,7 @@ def _load_resume(path: Path, model: nn.Module, opt, orders: Orders, stop: EarlyS
 def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, order_seeds: list[int],
           label: str = "train", log=print, resume_dir: Path | None = None, checkpoint_seconds: float = 120.0,
           start: int = 0, constant_lr: float | None = None, augment: bool = False, fast: bool = True,
-          watch=None) -> Result:
+          watch=None, update=None) -> Result:
     """Train the stack in place and return its results.
 
     With `resume_dir`, the full loop state is saved there every `checkpoint_seconds` (at an
@@ -164,6 +168,9 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     plain path (`fast=False`; see lottery.step).
     `watch(it, state)` is called after every evaluation with the stack's weights (it must not change them; its
     `state_dict()` / `load_state_dict()` travel with the resume point): the early-bird search, `lottery.early_bird`.
+    `update(it, step)`, when given, runs after the optimizer
+    step of every iteration, the gradients still in place: it may change masks through `step.set_mask`
+    (dynamic sparse training: `lottery.dst.Updater`); `mask` is then the final mask when training returns.
     """
     n_train, bs, device = len(data.train), cfg.batch_size, data.device
     if bs > n_train:
@@ -179,12 +186,14 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
 
     model.train()
-    step = Step(model, mask, cfg, losses, fast=fast, graph=orders.graphable and shard[1] == 1, log=log)  # masks it
+    # masks that move during training (dynamic sparse training) train dense: sparse layers are not rebuilt yet
+    run = cfg if update is None or cfg.sparse == "off" else dataclasses.replace(cfg, sparse="off")
+    step = Step(model, mask, run, losses, fast=fast, graph=orders.graphable and shard[1] == 1, log=log)  # masks it
     net = distributed.wrap(model)
     main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
-    extra = (start, constant_lr, augment) + ((watch.key,) if watch else ())
+    extra = (start, constant_lr, augment) + ((watch.key,) if watch else ()) + ((update.key(),) if update is not None else ())
     inputs = digest(model, mask, cfg, order_seeds, n_train, extra) if resume_dir else ""
     scratch = resume.point(resume_dir, label, inputs) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
@@ -197,12 +206,14 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         set_lr(step.opt, constant_lr)
     resumed = None
     if scratch and scratch.is_file():
-        resumed = _load_resume(scratch, model, step.opt, orders, stop, label, log, device, watch)
+        resumed = _load_resume(scratch, model, step, orders, stop, label, log, device, watch)
         step.load()  # (sparse layers: their kept values from the loaded weights)
     first = start + 1 if resumed is None else resumed + 1
 
     for it in range(first, cfg.iterations + 1):
         step(orders.next_batch(), lr_at(it, cfg) if scheduled else None)
+        if update is not None:
+            update(it, step)
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             step.sync()  # (sparse layers: the model's weights hold the current values from here)
@@ -214,7 +225,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
             if watch:
                 watch(it, state)
             if main and scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
-                _save_resume(scratch, it, state, step.opt, orders, stop, watch)
+                _save_resume(scratch, it, state, step, orders, stop, watch)
                 last_save = time.monotonic()
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             step.sync()  # (so that a non-finite loss names the first non-finite weight)

@@ -140,6 +140,10 @@ def test_rounds_without_a_compute_record_give_no_total():
     ((3, "r0", "init", "finetune", True, ["random", "invert", "copy"]),
      {"mask": "init", "start": "r0", "needs": {"random": ["mask", "start"], "invert": ["mask", "start"],
                                                "copy": ["mask", "start"]}}),
+    ((2, "r1", "trained", "init", False, ["rigl", "set"]),  # a fresh init at the plan's counts: their own training
+     {"mask": "r1", "start": "init", "needs": {"rigl": [], "set": []}}),
+    ((2, "r1", "trained", "lr", True, ["rigl", "set"]),  # global: the counts of the layers ranked together
+     {"mask": "r1", "start": "r1", "needs": {"rigl": ["mask"], "set": ["mask"]}}),
 ])
 def test_sources_of_a_round(args, expect):
     assert flops.sources(*args) == expect

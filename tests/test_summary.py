@@ -130,9 +130,10 @@ def test_dvc_plots_show_draws_the_accuracy_plot_of_a_run_without_invert(repo):
     shown = json.loads(repo.dvc("plots", "show", "--json").stdout)
     assert not shown.get("errors"), shown["errors"]
     values = shown["data"]["test accuracy vs weights remaining"][0]["content"]["data"]["values"]
-    assert {v["field"] for v in values} == {"ticket", "reinit", "random", "invert"}
-    assert {v["dvc_inferred_y_value"] for v in values if v["field"] == "invert"} == {""}
-    assert all(v["dvc_inferred_y_value"] != "" for v in values if v["field"] != "invert")
+    assert {v["field"] for v in values} == set(summary.VARIANTS)
+    untrained = {"invert", "rigl", "set"}
+    assert {v["dvc_inferred_y_value"] for v in values if v["field"] in untrained} == {""}
+    assert all(v["dvc_inferred_y_value"] != "" for v in values if v["field"] not in untrained)
 
 
 def test_figures_report_and_ticket_of_a_real_run(template):
