@@ -25,14 +25,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .config import ConfigError, LotteryError, load
+from .config import ConfigError, load
+from .ray_connect import ClusterError, connect
 from .revisions import resolve
 
 PARAMS_PATHS = ("params.yaml", "conf/")  # uncommitted edits the driver carries to its tasks
@@ -41,8 +41,6 @@ NORMAL_PRIORITY = {"env_vars": {"RAY_worker_niceness": "0"}}
 ENV_KEYS = re.compile(r"^(GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL)|DVC_NO_ANALYTICS|OMP_NUM_THREADS)$")  # sent to tasks
 
 
-class ClusterError(LotteryError, RuntimeError):
-    """The driver cannot start: no Ray, no cluster, a missing remote, uncommitted code."""
 
 
 def _sh(*cmd: str, cwd: str | Path = ".", env: dict | None = None, timeout: float | None = None) -> str:
@@ -323,25 +321,6 @@ def pull(names: list[str], args) -> None:
         with Repo() as repo:
             repo.experiments.pull(args.git_remote, names, force=True, pull_cache=True, dvc_remote=args.dvc_remote_name)
         print(f"[cluster] pulled {len(names)} experiment(s): dvc exp show", flush=True)
-
-
-def connect(address: str | None, log_to_driver: bool = False) -> None:
-    """Join the Ray cluster at `address` (None: a local instance), or a ClusterError with a hint in one line."""
-    try:
-        import ray
-    except ImportError:
-        raise ClusterError("Ray is not installed: `pip install ray==2.60.0` (then `ray start --head` for a cluster)") from None
-    hint = "start one with `ray start --head` on the head node and `ray start --address=<head>:6379` on each worker"
-    host, _, port = (address or "").rpartition("://")[2].rpartition(":")
-    if address and address != "auto":
-        try:  # Ray itself waits minutes for an address nobody listens on
-            socket.create_connection((host, int(port)), timeout=10).close()
-        except (OSError, ValueError) as e:
-            raise ClusterError(f"no Ray cluster at {address} ({e}): {hint}") from None
-    try:
-        ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
-    except Exception as e:
-        raise ClusterError(f"no Ray cluster at {address} ({str(e).splitlines()[0]}): {hint}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -213,7 +213,7 @@ def _launch_ray(t: TrainConfig, device: torch.device, fn: Callable) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .cluster import ClusterError, connect
+    from .ray_connect import ClusterError, connect
 
     try:  # (rank 0's log lines reach the stage's output)
         connect(t.address, log_to_driver=True)

@@ -107,7 +107,8 @@ def test_editing_a_module_changes_exactly_the_stages_that_import_it(repo):
         with open(repo.path / module, "a") as f:
             f.write("\n# edited\n")
         status = changed()
-        expect = {s for s, (_, real) in graph.items() if module in real}
+        # (the transfer stages foreach over transfer.stages, {} while transfer.source is '': not in this pipeline)
+        expect = {s for s, (_, real) in graph.items() if module in real} - {"transfer", "transfer-source"}
         rounds = {s for s in status if s.startswith("round@")}
         got = (status - rounds) | ({"round"} if rounds else set())
         assert got == expect, (module, status)
