@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -228,6 +227,3 @@ def ray_cluster():
         yield c
     finally:
         c.shutdown()
-        for pattern in ("lottery-sw-*", "lottery-ff-*"):  # the clones of a killed attempt and of a cancelled task
-            for clone in Path(tempfile.gettempdir()).glob(pattern):
-                shutil.rmtree(clone, ignore_errors=True)

@@ -55,6 +55,16 @@ def test_bad_input_is_refused_before_any_task(repo, tmp_path):
     assert p.returncode == 2 and "no Ray cluster at 127.0.0.1:1" in p.stderr and "ray start --head" in p.stderr, p.stderr
 
 
+@pytest.fixture(autouse=True)
+def _no_clones_left():
+    """The clones a killed attempt or a cancelled task leaves in the temp folder, removed after each test of this
+    file (not by the cluster fixture: a cluster of another test file may be running a sweep meanwhile)."""
+    yield
+    for pattern in ("lottery-sw-*", "lottery-ff-*"):
+        for clone in Path(tempfile.gettempdir()).glob(pattern):
+            shutil.rmtree(clone, ignore_errors=True)
+
+
 def _kill_node(c, node) -> None:
     """A node dies: SIGKILL its raylet and every process under it (Ray workers, their git, DVC and stage processes),
     stopping them all first so that none forks a new one meanwhile."""
