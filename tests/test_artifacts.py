@@ -195,7 +195,7 @@ def in_small_tmpfs(repo, folder: str, options: str, command: str) -> subprocess.
 
 def test_full_disk_stops_a_round_in_one_line_leaving_no_partial_file(repo, template):
     r2 = template.path / "runs" / "r2"
-    pt = ["controls.pt", "mask.pt", "model.pt"]
+    pt = ["controls.pt", "early_bird.pt", "mask.pt", "model.pt"]
     pages = sum(-(-(r2 / f).stat().st_size // 4096) for f in pt)  # room for the .pt files, none for metrics.json
     command = f"{sys.executable} stages/round.py r2 r1 >/dev/null 2>err.txt"
     p = in_small_tmpfs(repo, "runs/r2", f"size={4096 * pages}", command)
