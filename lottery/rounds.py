@@ -398,7 +398,7 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
     for g, lo in enumerate(range(0, n, size)):
         rows = slice(lo, min(lo + size, n))
         seeds = stack.order_seeds[rows]
-        net = build_model(cfg, stack.init_seeds[rows], io).to(data.device)
+        net = models.to_device(build_model(cfg, stack.init_seeds[rows], io), data.device)  # (channels-last on CUDA)
         net.load_state_dict({k: v[rows] for k, v in state.items()})
         net_mask = {k: m[rows] for k, m in mask.items()}  # (views: a mask that moves during training moves in `mask`)
         hook = update and update.rows(rows)

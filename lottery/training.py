@@ -230,22 +230,33 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             step.sync()  # (so that a non-finite loss names the first non-finite weight)
             _check_finite(model, step.running, it, label)
-            rate = (it - start) / (time.perf_counter() - t0)
-            last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]
-            log(f"[{label}] it {it:>6}/{cfg.iterations}  loss {float(step.running.mean()) / since:.4f}"
-                f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s"
-                f" ({rate * len(order_seeds):.0f} net-it/s)  ETA {(cfg.iterations - it) / rate:5.0f}s")
-            step.running.zero_()
+            _progress(log, label, it, cfg.iterations, (it - start) / (time.perf_counter() - t0), step, stop, since)
             since, last_line = 0, time.monotonic()
 
     step.sync()
-    final_loss, final_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
+    result = _test(model, stop, state, data.test, cfg.precision, shard)
+    if scratch and main:
+        scratch.unlink(missing_ok=True)
+    return result
+
+
+def _progress(log, label: str, it: int, iterations: int, rate: float, step: Step, stop: EarlyStop, since: int) -> None:
+    """One progress line (the mean training loss of the `since` steps since the last one, which it resets)."""
+    last = stop.curve[-1]["val_acc"] if stop.curve else [float("nan")]
+    log(f"[{label}] it {it:>6}/{iterations}  loss {float(step.running.mean()) / since:.4f}"
+        f"  val_acc {100 * sum(last) / len(last):5.2f}%  {rate:6.0f} it/s"
+        f" ({rate * len(step.running):.0f} net-it/s)  ETA {(iterations - it) / rate:5.0f}s")
+    step.running.zero_()
+
+
+def _test(model: nn.Module, stop: EarlyStop, state: dict, test: Split, precision: str, shard) -> Result:
+    """The results of a finished training: test accuracy of the final weights and of each network's early-stop
+    weights (the model keeps its final weights)."""
+    _, final_acc = evaluate(model, test, precision=precision, shard=shard)
     with torch.no_grad():
         final = {k: v.clone() for k, v in state.items()}
         model.load_state_dict(stop.best)
-        _, es_acc = evaluate(model, data.test, precision=cfg.precision, shard=shard)
+        _, es_acc = evaluate(model, test, precision=precision, shard=shard)
         model.load_state_dict(final)
-    if scratch and main:
-        scratch.unlink(missing_ok=True)
     return Result(early_stop_iteration=stop.it.tolist(), test_accuracy=es_acc.tolist(),
                   final_test_accuracy=final_acc.tolist(), min_val_loss=stop.loss.tolist(), curve=stop.curve)
