@@ -171,6 +171,8 @@ class EarlyBirdConfig:
                            "positions that differ) between successive evaluations' masks stay below this over the "
                            "last `window` evaluations, in (0, 1]", 0.1)
     window: int = _help("distances (evaluations) the stopping rule looks back over", 5)
+    search: dict[str, Any] = _help("generated from `enabled` and the prune keys the search reads (conf/): those keys' "
+                                   "values when enabled, {} when off", {})
 
 
 @dataclass
@@ -335,10 +337,22 @@ _TRAINING = ["seed", "trials", "model.name", "train.optimizer", "train.lr", "tra
 REPORT_SETTINGS = ["data.dataset", "model.name", "train.iterations", "prune.strategy", "prune.rate", "prune.rounds",
                    "prune.criterion", "controls", "trials", "seed"]
 # The prune keys the early-bird search reads to take the next round's mask (`lottery.rounds.prune_trained` with
-# prune.at: trained). Round stages list them all; the dense stage does not (its other runs prune nothing), so its
-# early_bird.pt records their digest and r1 refuses one searched under other values (`lottery.rounds`).
+# prune.at: trained). Round stages list them all; the dense stage lists them through prune.early_bird.search, which
+# holds their values only while the search is on (without it the dense round prunes nothing). Its early_bird.pt also
+# records their digest, and r1 refuses one searched under other values (`lottery.rounds`).
 SEARCH_KEYS = ["prune.strategy", "prune.rate", "prune.conv_rate", "prune.output_rate", "prune.global_kinds",
                "prune.layer_rates", "prune.criterion"]
+
+
+def early_bird_search(enabled: bool, *values: Any) -> dict[str, Any]:
+    """prune.early_bird.search (conf/config.yaml's resolver): the values of SEARCH_KEYS, in that order, when the
+    search is enabled; {} when it is off. The dense stage lists prune.early_bird, so with the search on a changed
+    prune.rate (or any search key) reruns the dense round, whose training is r1's search; with it off nothing changes."""
+    _check(isinstance(enabled, bool), "prune.early_bird.enabled", enabled, "true or false")
+    _check(len(values) == len(SEARCH_KEYS), "prune.early_bird.search", values, f"the values of {', '.join(SEARCH_KEYS)}")
+    return {k.split(".", 1)[1]: v for k, v in zip(SEARCH_KEYS, values)} if enabled else {}
+
+
 STAGE_PARAMS: dict[str, list[str]] = {
     "check": [],
     "prepare": ["data.split_seed", "data.dataset", "data.validation", "data.train_subset"],
@@ -425,6 +439,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if tp is Any:  # a generated value (prune.early_bird.search), checked against its rule by validate
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -535,16 +551,18 @@ def validate(cfg: Config) -> Config:
 def _validate_early_bird(cfg: Config) -> None:
     e, p = cfg.prune.early_bird, cfg.prune
     _check(0 < e.epsilon <= 1, "prune.early_bird.epsilon", e.epsilon, "a number in (0, 1]: a fraction of positions")
-    if not e.enabled:
-        return
-    why = "the early-bird search watches the mask the next round takes from this round's trained ticket"
-    _check(p.at == "trained", "prune.early_bird.enabled", e.enabled, f"{why}: it needs prune.at: trained, not {p.at!r}")
-    _check(p.schedule == "iterative", "prune.early_bird.enabled", e.enabled,
-           f"{why}: it needs prune.schedule: iterative, not {p.schedule!r}")
-    _check(cfg.rewind.to in ("init", "iteration"), "prune.early_bird.enabled", e.enabled,
-           f"early-bird tickets are rewound: it needs rewind.to init or iteration, not {cfg.rewind.to!r}")
-    _check(cfg.train.stack == 0, "prune.early_bird.enabled", e.enabled,
-           f"the search watches the ticket inside the whole stack: it needs train.stack: 0, not {cfg.train.stack}")
+    if e.enabled:
+        why = "the early-bird search watches the mask the next round takes from this round's trained ticket"
+        _check(p.at == "trained", "prune.early_bird.enabled", e.enabled, f"{why}: it needs prune.at: trained, not {p.at!r}")
+        _check(p.schedule == "iterative", "prune.early_bird.enabled", e.enabled,
+               f"{why}: it needs prune.schedule: iterative, not {p.schedule!r}")
+        _check(cfg.rewind.to in ("init", "iteration"), "prune.early_bird.enabled", e.enabled,
+               f"early-bird tickets are rewound: it needs rewind.to init or iteration, not {cfg.rewind.to!r}")
+        _check(cfg.train.stack == 0, "prune.early_bird.enabled", e.enabled,
+               f"the search watches the ticket inside the whole stack: it needs train.stack: 0, not {cfg.train.stack}")
+    _check(e.search == early_bird_search(e.enabled, *(cfg.value(k) for k in SEARCH_KEYS)), "prune.early_bird.search",
+           e.search, "must match prune.early_bird.enabled and " + ", ".join(SEARCH_KEYS) + "; params.yaml is generated "
+           "from conf/config.yaml: `dvc exp run -S prune.rate=...` or `python -m lottery.params prune.rate=...`")
 
 
 def _validate_transfer(cfg: Config) -> None:

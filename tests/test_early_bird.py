@@ -3,6 +3,7 @@ training, and one real `dvc repro` whose next round prunes the weights of the ea
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pandas as pd
@@ -132,6 +133,12 @@ def test_repro_prunes_the_weights_of_the_early_bird_iteration(repo):
     assert any(not torch.equal(r1[k], full[k]) for k in stack.names)
     assert masks.percent_remaining(r1).tolist() == masks.percent_remaining(full).tolist()  # same plan, same counts
 
+    # with the search on, the dense stage's params hold the keys it searched under: a changed rate reruns it (r0)
+    repo.run(sys.executable, "-m", "lottery.params", "train.eval_every=25", "prune.rounds=1", "prune.rate=0.3",
+             "prune.early_bird.enabled=true", "prune.early_bird.epsilon=1.0", "prune.early_bird.window=2")
+    status = repo.dvc("status", "dense").stdout
+    assert re.search(r"^dense:\n\tchanged deps:\n\t\tparams.yaml:\n\t\t\tmodified: +prune.early_bird$", status, re.M), status
+
 
 def test_a_resumed_training_continues_the_search_where_it_stopped(tmp_path):
     # the search's state travels with the resume point: a crash after it was saved at iteration 60 and a resumed
@@ -176,8 +183,8 @@ def test_a_resumed_training_continues_the_search_where_it_stopped(tmp_path):
 
 
 def test_a_round_prunes_early_bird_pt_and_refuses_one_searched_under_other_pruning_params(tmp_path):
-    # the dense stage does not list prune.rate & co (without early-bird it prunes nothing): its early_bird.pt records
-    # the values it searched under, and r1 refuses one that does not match params.yaml's
+    # early_bird.pt records the values it searched under, and r1 refuses one that does not match params.yaml's (the
+    # dense stage's params make DVC rerun the search first: test_a_changed_rate_reruns_the_search_only_when_it_is_on)
     from test_rounds import NAMES, fake_round
 
     def make(rate):
@@ -185,7 +192,8 @@ def test_a_round_prunes_early_bird_pt_and_refuses_one_searched_under_other_pruni
                                  "model": {"name": "mlp-mnist1d"}, "controls": [],
                                  "train": {"iterations": 10, "eval_every": 5, "batch_size": 10, "log_every": 0},
                                  "prune": {"rate": rate, "rounds": 1, "chain": config.chain(1),
-                                           "early_bird": {"enabled": True}}})
+                                           "early_bird": {"enabled": True, "search": config.early_bird_search(
+                                               True, "layerwise", rate, None, None, ["conv"], {}, "magnitude")}}})
 
     cfg, runs = make(0.2), tmp_path / "runs"
     rounds.init(cfg, runs / "init")

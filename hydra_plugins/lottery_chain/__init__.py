@@ -1,5 +1,6 @@
 """OmegaConf resolvers used by conf/config.yaml: `${chain:${prune.rounds},${prune.schedule}}`, and
-`${transfer_stages:${transfer.source},${transfer.round}}` (`lottery.config.transfer_stages`: {} when off).
+`${transfer_stages:${transfer.source},${transfer.round}}` (`lottery.config.transfer_stages`: {} when off) and
+`${early_bird_search:...}` (`lottery.config.early_bird_search`: the search's prune keys, {} when off).
 
 DVC's Hydra composition (`dvc exp run -S prune.rounds=12`) imports this package from
 `plugins_path` (.dvc/config: the repository root, on sys.path while plugins load) and writes
@@ -10,7 +11,7 @@ a bad prune.rounds or prune.schedule fails the composition with a ChainError, ou
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from lottery.config import ConfigError, chain, transfer_stages
+from lottery.config import ConfigError, chain, early_bird_search, transfer_stages
 
 try:
     from dvc.exceptions import DvcException
@@ -35,6 +36,6 @@ def _resolver(rule):
     return resolve
 
 
-for _name, _rule in (("chain", chain), ("transfer_stages", transfer_stages)):
+for _name, _rule in (("chain", chain), ("transfer_stages", transfer_stages), ("early_bird_search", early_bird_search)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver(_rule))
