@@ -585,8 +585,6 @@ def _validate_dst(cfg: Config) -> None:
     _check(not dynamic or cfg.prune.at == "trained", "controls", cfg.controls,
            f"{' and '.join(dynamic)} train at the counts of a ticket that training found: they need prune.at: trained, "
            f"not {cfg.prune.at!r}")
-    _check(not dynamic or cfg.train.sparse != "on", "train.sparse", cfg.train.sparse,
-           f"auto or off with controls {' and '.join(dynamic)}: a mask that moves during training trains dense")
 
 
 def _check_pai(cfg: Config) -> None:

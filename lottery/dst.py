@@ -12,8 +12,9 @@ ticket's per-layer kept counts (`dst.distribution: match`), or the same total co
       mask seed and the iteration).
 Grown weights start at exactly zero with their optimizer state reset (`lottery.step.Step.set_mask`); the counts
 per layer are conserved exactly. Ties: the lower flat index is dropped first and grown first.
-The dense gradient is the one the step has just computed: pruned weights are zeros of a dense tensor, so
-autograd gives their gradient too (x^T·g_out), and Adam's +inf trick changes the state, not the gradient.
+The dense gradient is the one the step has just computed (`Step.grad`): pruned weights are zeros of a dense
+tensor, so autograd gives their gradient too (x^T·g_out), and Adam's +inf trick changes the state, not the
+gradient; a layer that runs sparse (`train.sparse`) computes it from its backward's factors at an update only.
 """
 from __future__ import annotations
 
@@ -145,6 +146,8 @@ class Updater:
         if not due(it, self.cfg, self.iterations):
             return
         rows = [i for i, m in enumerate(self.methods) if m]
+        step.sync()  # (layers that run sparse: their current values into the dense weights read here)
+        grads = {k: step.grad(k) for k in step.mask} if "rigl" in self.methods else {}
         new: Mask = {k: torch.empty_like(m[rows]) for k, m in step.mask.items()}
         grown: Mask = {k: torch.empty_like(m) for k, m in new.items()}
         for j, i in enumerate(rows):
@@ -152,7 +155,6 @@ class Updater:
             f = drop_fraction(method, it, self.cfg, self.iterations)
             gen = torch.Generator().manual_seed(self.seeds[i] * 2**24 + it) if method == "set" else None
             for k, m in step.mask.items():
-                w = step.params[k]
-                score = w.grad[i].abs() if method == "rigl" else torch.rand(m[i].shape, generator=gen).to(m.device)
-                new[k][j], grown[k][j] = update_layer(w[i], m[i], f, score)
+                score = grads[k][i].abs() if method == "rigl" else torch.rand(m[i].shape, generator=gen).to(m.device)
+                new[k][j], grown[k][j] = update_layer(step.params[k][i], m[i], f, score)
         step.set_mask(rows, new, grown)

@@ -8,6 +8,8 @@ engine's optimizer updates `vals` instead of the dense weight, so it moves only 
   weight gradient dW = (gy @ X^T) at the kept positions only: torch.sparse.sampled_addmm
   input gradient  dX = W_csr^T @ gy (a second CSR, of the transpose, sharing the values through a
                   permutation), only where a later layer needs it (not for the network's input)
+  dense gradient  gy @ X^T in full, pruned positions included, only on request (`dense_grad`: RigL's growth), from
+                  the factors the last backward keeps; a mask that moves gets a new structure (`Step.set_mask`)
 The step engine switches a layer to its sparse forward only while it computes a step's losses
 (`StackedLinear.sparse`); any other forward (evaluation) is the dense one, on the dense weight. The sparse
 forward does not read the dense weight: `sync` writes the kept values back into it (its pruned entries stay
@@ -70,6 +72,7 @@ class _SparseLinearFn(torch.autograd.Function):
         n, d_out, d_in = layer.shape
         gy = grad.transpose(1, 2).reshape(n * d_out, grad.shape[1])  # (N*out, B)
         gvals = torch.sparse.sampled_addmm(layer.pattern, gy, xs.t(), beta=0.0).values()
+        layer.factors = gy, xs  # (references only: `dense_grad` multiplies them when asked)
         gx = None
         if ctx.needs_input_grad[2]:
             torch.index_select(layer.vals.detach(), 0, layer.perm_t, out=layer.wt.values())
@@ -100,6 +103,7 @@ class SparseLinear:
         self.w = _csr(crow, col, self.vals.detach(), shape)
         self.pattern = _csr(crow, col, torch.zeros_like(self.vals, requires_grad=False), shape)
         self.wt = _csr(crow_t, col_t, torch.empty_like(self.vals, requires_grad=False), shape_t)
+        self.factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (gy, xs) of the last backward
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return _SparseLinearFn.apply(self.vals, self.module.bias, x, self)
@@ -108,6 +112,14 @@ class SparseLinear:
     def sync(self) -> None:
         """Write the kept values into the dense weight (its pruned entries are zero and stay so)."""
         self.module.weight.view(-1).index_copy_(0, self.flat, self.vals)
+
+    @torch.no_grad()
+    def dense_grad(self) -> torch.Tensor:
+        """The gradient of the whole dense weight (N, out, in) in the last backward, pruned positions included (what
+        the dense path leaves in `weight.grad`; RigL grows where it is largest): one dense product, computed on request."""
+        gy, xs = self.factors
+        n, d_out, d_in = self.shape
+        return torch.bmm(gy.reshape(n, d_out, -1), xs.reshape(n, d_in, -1).transpose(1, 2))
 
     @torch.no_grad()
     def take(self, old: SparseLinear, t: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ With `fast` (the default) it takes shortcuts that give the same weights as the p
     Adam's own state holds pruned weights at zero instead of the multiply (`stop_pruned_updates`);
   - CUDA, with `graph`: the step is captured once as a CUDA graph after a few eager steps and
     replayed (not with augmentation, whose draws come from CPU generators).
-With `train.sparse` (CPU), masked linear layers run sparse (`lottery.sparse`, built here from the mask):
+With `train.sparse` (CPU), masked linear layers run sparse (`lottery.sparse`, built here from the mask, rebuilt
+by `set_mask` when it moves):
 the optimizer steps only their kept values, and `sync` writes those back into the model's dense weights,
 which the caller does before reading the model's state. Same results up to floating-point summation order.
 """
@@ -139,7 +140,7 @@ class Step:
         self._track_pruned()
         self.losses = losses
         self.running = torch.zeros(next(iter(mask.values())).shape[0], device=device)  # masks are (N, ...)
-        self.cpu_fast = fast and device.type == "cpu"
+        self.cpu_fast, self.log = fast and device.type == "cpu", log
         self.opt_step = direct_step(self.opt, log) if self.cpu_fast else self.opt.step
         self.use_graph = fast and graph and device.type == "cuda"
         self.graph = self.idx_buf = None
@@ -164,6 +165,12 @@ class Step:
         self.weights = [self.params[k] for k in pruned]
         self.keep = [self.mask[k].to(self.params[k].dtype) for k in pruned]
 
+    def grad(self, name: str) -> torch.Tensor:
+        """The dense gradient of masked weight `name` in the last step, pruned positions included (dynamic sparse
+        training grows where it is largest): its `.grad`, or for a sparse layer one dense product made on request."""
+        s = self.sparse.get(name)
+        return self.params[name].grad if s is None else s.dense_grad()
+
     @torch.no_grad()
     def set_mask(self, rows: list[int], new: Mask, grown: Mask | None = None) -> None:
         """Change the training mask of the networks `rows` of the stack: the one way a mask changes after the
@@ -173,10 +180,11 @@ class Step:
         (default: new & ~old; a position dropped and grown back in the same update is grown too). Newly pruned
         weights become zero, grown ones exactly zero, and the optimizer state of grown positions is reset (Adam's
         moments, SGD's momentum: 0); everything derived from the mask is rebuilt: the layers `hold_pruned` masks,
-        Adam's +inf at pruned positions (fast CPU path), the CUDA graph (captured again at the next step).
+        Adam's +inf at pruned positions (fast CPU path), the CUDA graph (captured again at the next step), and a
+        sparse layer's CSR structure (`_rebuild`). The layers that run sparse stay those chosen when the Step was
+        built (rigl and set conserve each layer's count, so `auto`'s choice by density is unchanged).
         """
-        if self.sparse:  # (their CSR structures are not rebuilt yet: lottery.training keeps dynamic masks dense)
-            raise RuntimeError(f"set_mask: layers {sorted(self.sparse)} run sparse; a mask that moves needs train.sparse off")
+        self.sync()  # (sparse layers: the dense weights hold the current values, masked below, read by `_rebuild`)
         idx = torch.as_tensor(rows, dtype=torch.long, device=next(iter(self.mask.values())).device)
         for k, m in new.items():
             full = self.mask[k]
@@ -185,13 +193,32 @@ class Step:
             fresh = torch.zeros_like(full)
             fresh[idx] = g
             self.params[k].masked_fill_(~full | fresh, 0)
+            if k in self.sparse:
+                self._rebuild(k, fresh)
+                continue
             state = self.opt.state.get(self.params[k], {})
             for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
                 if isinstance(state.get(name), torch.Tensor):
                     state[name].masked_fill_(fresh, 0)
+        if self.sparse and self.opt_step != self.opt.step:  # (direct_step holds the replaced values and their state)
+            self.opt_step = direct_step(self.opt, self.log)
         self._track_pruned()
         self.hold_pruned()  # (pruned weights are zero already: on the fast CPU path, +inf where Adam's state exists)
         self.graph = None
+
+    def _rebuild(self, name: str, fresh: torch.Tensor) -> None:
+        """A sparse layer under its changed mask (`self.mask[name]`, applied to the dense weight): a new CSR structure
+        whose kept values replace the old ones in the optimizer, their state carried from the old kept positions to
+        the new ones (`SparseLinear.take`), zero where a weight is newly kept or `fresh`."""
+        old = self.sparse[name]
+        new = self.sparse[name] = sparse.SparseLinear(old.module, self.mask[name])
+        for group in self.opt.param_groups:
+            group["params"] = [new.vals if p is old.vals else p for p in group["params"]]
+        restart = fresh.reshape(-1)[new.flat]
+        state = self.opt.state.pop(old.vals, None)
+        if state:  # (none before the first step)
+            self.opt.state[new.vals] = {s: new.take(old, v).masked_fill_(restart, 0)
+                                        if torch.is_tensor(v) and v.shape == old.vals.shape else v for s, v in state.items()}
 
     def hold_pruned(self) -> None:
         """Keep pruned weights at exactly zero after an optimizer step, per optimizer:

@@ -7,7 +7,6 @@ The test set is only evaluated on the weights chosen by validation and on the fi
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from contextlib import nullcontext
@@ -169,7 +168,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     `watch(it, state)` is called after every evaluation with the stack's weights (it must not change them; its
     `state_dict()` / `load_state_dict()` travel with the resume point): the early-bird search, `lottery.early_bird`.
     `update(it, step)`, when given, runs after the optimizer
-    step of every iteration, the gradients still in place: it may change masks through `step.set_mask`
+    step of every iteration, the gradients still in place (`step.grad`): it may change masks through `step.set_mask`
     (dynamic sparse training: `lottery.dst.Updater`); `mask` is then the final mask when training returns.
     """
     n_train, bs, device = len(data.train), cfg.batch_size, data.device
@@ -186,9 +185,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         return F.cross_entropy(out.float().transpose(1, 2), yb, reduction="none").mean(1)
 
     model.train()
-    # masks that move during training (dynamic sparse training) train dense: sparse layers are not rebuilt yet
-    run = cfg if update is None or cfg.sparse == "off" else dataclasses.replace(cfg, sparse="off")
-    step = Step(model, mask, run, losses, fast=fast, graph=orders.graphable and shard[1] == 1, log=log)  # masks it
+    step = Step(model, mask, cfg, losses, fast=fast, graph=orders.graphable and shard[1] == 1, log=log)  # masks it
     net = distributed.wrap(model)
     main = shard[0] == 0  # rank 0 alone writes the resume point, which restores every rank
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)

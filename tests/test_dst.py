@@ -40,7 +40,7 @@ def batch(seed: int = 1):
     return x, torch.randint(0, OUT, (3, 8), generator=gen)
 
 
-def setup(optimizer: str = "adam", fast: bool = True):
+def setup(optimizer: str = "adam", fast: bool = True, sparse: str = "auto"):
     """3 networks (rigl, set, an untouched control), the first layer's last input column pruned in every network."""
     model = Tiny(3)
     gen = torch.Generator().manual_seed(2)
@@ -51,7 +51,7 @@ def setup(optimizer: str = "adam", fast: bool = True):
     def losses(idx):
         return nn.functional.cross_entropy(model(x).transpose(1, 2), y, reduction="none").mean(1)
 
-    cfg = TrainConfig(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0, sparse=sparse)
     return model, Step(model, mask, cfg, losses, fast=fast), x, y
 
 
@@ -126,16 +126,85 @@ def test_one_update_is_the_papers_rule_on_the_dense_gradient(optimizer, fast):
     assert (step.params["a.weight"][0, :, -1][step.mask["a.weight"][0, :, -1]] != 0).all()
 
 
-def test_the_step_keeps_the_dense_gradient():
+@pytest.mark.parametrize("setting", ["auto", "on"])  # (Tiny's layers: dense under auto, sparse with on)
+def test_the_step_keeps_the_dense_gradient(setting):
     """The gradient the hook reads after a step is the unmasked one at the weights the step started from."""
-    model, step, x, y = setup()
+    model, step, x, y = setup(sparse=setting)
+    assert len(step.sparse) == (2 if setting == "on" else 0)
     step(torch.arange(8))
+    step.sync()
     start = copy.deepcopy(model)
     expected = dense_gradient(start, x, y)
     step(torch.arange(8))
     for k in step.mask:
-        assert torch.allclose(step.params[k].grad, expected[k], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(step.grad(k), expected[k], rtol=1e-5, atol=1e-6)
         assert (expected[k][~step.mask[k]].abs() > 0).any()  # nonzero where the weights are pruned
+
+
+def _moving_masks(setting: str, train_cfg: dict):
+    """14 steps of 4 mlp-mnist1d networks (rigl, set, an untouched control, rigl) at about 10 % density, a batch of
+    20 drawn per step, masks updated every 3 steps: the model, the step engine and the masks it started from."""
+    from test_training import silent
+
+    model = models.build("mlp-mnist1d", [0, 1, 2, 3])
+    gen = torch.Generator().manual_seed(4)
+    mask = {k: torch.rand(model.get_parameter(k).shape, generator=gen) < 0.1 for k in models.prunable(model)}
+    start = {k: m.clone() for k, m in mask.items()}
+    x, y = torch.randn(4, 100, 40, generator=gen), torch.randint(0, 10, (4, 100), generator=gen)
+
+    def losses(idx):
+        return nn.functional.cross_entropy(model(x[:, idx]).transpose(1, 2), y[:, idx], reduction="none").mean(1)
+
+    step = Step(model, mask, TrainConfig(**{"lr": 0.01, **train_cfg}, sparse=setting), losses, log=silent)
+    updater = dst.Updater(DSTConfig(update_every=3, fraction=0.3, stop_at=1.0), ["rigl", "set", None, "rigl"],
+                          [5, 6, None, 7], 20)
+    for it in range(1, 15):  # updates after steps 3, 6, 9 and 12
+        step(torch.randperm(100, generator=gen)[:20])
+        updater(it, step)
+    step.sync()
+    return model, step, start
+
+
+def _kept_state(step: Step) -> dict:
+    """The optimizer state of every parameter, a masked weight's at its kept positions (in the order of its sparse
+    values) only: where the dense and the sparse path hold the same numbers."""
+    out = {}
+    for k, p in step.params.items():
+        s = step.sparse.get(k)
+        for name, v in step.opt.state[s.vals if s else p].items():
+            out[k, name] = v[step.mask[k]] if k in step.mask and not s and v.dim() else v
+    return out
+
+
+@pytest.mark.parametrize("setting,train_cfg", [
+    ("on", dict(optimizer="adam")), ("on", dict(optimizer="adam", weight_decay=0.01)),
+    ("on", dict(optimizer="sgd", momentum=0.9, weight_decay=0.01)), ("auto", dict(optimizer="adam"))],
+    ids=["adam", "adam-wd", "sgd-momentum-wd", "auto-adam"])
+def test_moving_masks_run_sparse_like_dense_in_float64(float64, monkeypatch, setting, train_cfg):
+    """rigl and set with train.sparse on (and auto: the middle layer sparse, the others dense): Step.set_mask
+    rebuilds the sparse layers (their CSR structure, the kept values in the optimizer and their state) and 4
+    updates give the masks, weights and optimizer state of the dense path (train.sparse: off)."""
+    from lottery import sparse
+
+    monkeypatch.setattr(sparse, "AUTO_MIN_WEIGHTS", 5_000)  # (auto: of mlp-mnist1d's layers, only 100x100 has as many)
+    dense_model, dense, start = _moving_masks("off", train_cfg)
+    model, step, _ = _moving_masks(setting, train_cfg)
+    assert not dense.sparse and list(step.sparse) == (list(step.mask) if setting == "on" else ["layers.1.weight"])
+    for k, m in step.mask.items():
+        assert torch.equal(m, dense.mask[k]), k
+        assert [torch.equal(m[i], start[k][i]) for i in range(4)] == [False, False, True, False], k  # moved: rigl, set
+        if k in step.sparse:  # the values of a CSR structure of the new mask
+            assert torch.equal(step.sparse[k].vals.detach(), model.get_parameter(k).detach()[m]), k
+    params = [p for g in step.opt.param_groups for p in g["params"]]
+    assert set(map(id, params)) == set(map(id, step.opt.state)) and len(params) == len(list(model.parameters()))
+    for (k, w), ref in zip(model.state_dict().items(), dense_model.state_dict().values()):
+        assert torch.allclose(w, ref, rtol=0, atol=1e-12), k
+        if k in step.mask:
+            assert bool((w[~step.mask[k]] == 0).all()), k
+    state, dense_state = _kept_state(step), _kept_state(dense)
+    assert state.keys() == dense_state.keys()
+    for key, v in state.items():
+        assert torch.allclose(v, dense_state[key], rtol=0, atol=1e-12), key
 
 
 def test_smallest_are_a_stable_sorts_first_n():
@@ -188,6 +257,11 @@ def test_bad_dst_params_name_the_key(raw, message):
     assert str(e.value) == message
 
 
+def test_rigl_and_set_may_run_sparse():
+    raw = {"prune": {"rounds": 2, "chain": config.chain(2)}, "controls": ["rigl", "set"], "train": {"sparse": "on"}}
+    assert config.from_dict(raw).train.sparse == "on"  # (Step.set_mask rebuilds the sparse layers)
+
+
 def test_rigl_and_set_rounds_through_dvc_keep_the_tickets_counts(repo):
     out = repo.dvc("exp", "run", "-S", "controls=[reinit,rigl,set]", "-S", "prune.rounds=1",
                    "-S", "dst.update_every=50").stdout
@@ -221,7 +295,7 @@ class Crash(Exception):
     pass
 
 
-def _dst_run(resume_dir, crash_at=None):
+def _dst_run(resume_dir, crash_at=None, sparse="auto"):
     from lottery.data import TensorData
     from lottery.training import train
 
@@ -231,7 +305,7 @@ def _dst_run(resume_dir, crash_at=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 40, generator=g)
     data = TensorData(x, x[:, :10].argmax(1), x[:50], x[:50, :10].argmax(1), x[50:100], x[50:100, :10].argmax(1))
-    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10)
+    cfg = TrainConfig(iterations=120, eval_every=10, batch_size=16, log_every=10, sparse=sparse)
 
     def log(line):
         if crash_at and f"it {crash_at:>6}/" in line:
@@ -242,15 +316,22 @@ def _dst_run(resume_dir, crash_at=None):
     return model, mask
 
 
-def test_a_resumed_dst_training_restores_the_moved_masks(tmp_path):
-    ref_model, ref_mask = _dst_run(None)
+@pytest.mark.parametrize("setting", ["auto", "on"])  # (mlp-mnist1d's layers: dense under auto, sparse with on)
+def test_a_resumed_dst_training_restores_the_moved_masks(tmp_path, setting):
+    ref_model, ref_mask = _dst_run(None, sparse=setting)
     with pytest.raises(Crash):
-        _dst_run(tmp_path, crash_at=70)  # after the updates at 20, 40, 60
-    model, mask = _dst_run(tmp_path)
+        _dst_run(tmp_path, crash_at=70, sparse=setting)  # after the updates at 20, 40, 60
+    model, mask = _dst_run(tmp_path, sparse=setting)
     for k, m in ref_mask.items():
         assert torch.equal(m, mask[k]), k
     for (k, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
+    if setting == "on":  # it ran sparse: float32 sums in another order than the dense path's, the same masks
+        dense_model, dense_mask = _dst_run(None, sparse="off")
+        assert all(torch.equal(m, dense_mask[k]) for k, m in mask.items())
+        weights = [(a, b) for (k, a), b in zip(model.state_dict().items(), dense_model.state_dict().values()) if k in mask]
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-4) for a, b in weights)
+        assert not all(torch.equal(a, b) for a, b in weights)
 
 
 def test_the_stack_of_a_round_and_its_groups(tmp_path):
