@@ -1,8 +1,8 @@
 """Where a default round's time goes: start-up, training steps, validation, test, saving, as shares of the round.
 
 Runs the pipeline's own stage scripts (no DVC) on Fashion-MNIST with params.yaml's defaults (LeNet-300-100,
-2 trials x ticket + reinit + random = 6 networks, 3,000 iterations, validation every 100 on 5,000 images): check,
-prepare, init, the dense round r0, then round r1 pruned straight to the density of the default r15
+2 trials, ticket + reinit + random, 3,000 iterations, validation every 100 on 5,000 images): check, prepare,
+init, the dense round r0 (2 networks: the tickets), then the 6-network round r1 pruned straight to r15's density
 (fully-connected layers at 0.8^15 = 3.5%, the output layer at 0.9^15: 3.6% of the weights); once with
 `train.sparse: auto` (sparse execution) and once with `off` (the dense path), each in its own folder
 (train.sparse is a param of init and r0 too). Each round's last log line is its time line
@@ -56,6 +56,12 @@ def shares(log: str, name: str) -> dict[str, float]:
     return out
 
 
+def row(name: str, mode: str, log: str) -> tuple:
+    """(round, networks, density, train.sparse, {part: seconds}) from round `name`'s log."""
+    nets, density = re.search(rf"\[{name}\] (\d+) networks .*?([\d.]+)% of weights remaining", log).groups()
+    return name, nets, f"{density}%", mode, shares(log, name)
+
+
 def cell(seconds: float, total: float) -> str:
     return f"{100 * seconds / total:.0f}% ({seconds:.1f})"
 
@@ -80,20 +86,18 @@ def main() -> None:
                 stage(folder, "check.py")
                 stage(folder, "prepare.py")
             stage(folder, "init.py")
-            rows.append(("r0", "100.00%", mode, shares(stage(folder, "round.py", "r0", "init"), "r0")))
+            rows.append(row("r0", mode, stage(folder, "round.py", "r0", "init")))
             params(folder, base + R15)
-            log = stage(folder, "round.py", "r1", "r0")
-            density = re.search(r"\[r1\] .*?([\d.]+)% of weights remaining", log).group(1)
-            rows.append(("r1", f"{density}%", mode, shares(log, "r1")))
+            rows.append(row("r1", mode, stage(folder, "round.py", "r1", "r0")))
     finally:
         if not args.keep:
             shutil.rmtree(top, ignore_errors=True)
-    print(f"LeNet-300-100 x 6 (2 trials x ticket + reinit + random), {args.iterations} iterations, validation every "
-          "100 on 5,000 images; share of each round's wall time (seconds in brackets)")
-    print(f"{'round':<6}{'density':>8} {'sparse':>6} {'seconds':>8}" + "".join(f"{p:>17}" for p in PARTS))
-    for name, density, mode, s in rows:
+    print(f"LeNet-300-100, 2 trials (r0: the tickets; r1: ticket + reinit + random), {args.iterations} iterations, "
+          "validation every 100 on 5,000 images; share of each round's wall time (seconds in brackets)")
+    print(f"{'round':<6}{'nets':>5}{'density':>8} {'sparse':>6} {'seconds':>8}" + "".join(f"{p:>17}" for p in PARTS))
+    for name, nets, density, mode, s in rows:
         cells = "".join(f"{cell(s.get(p, 0.0), s['total']):>17}" for p in PARTS)
-        print(f"{name:<6}{density:>8} {mode:>6} {s['total']:>8.1f}{cells}")
+        print(f"{name:<6}{nets:>5}{density:>8} {mode:>6} {s['total']:>8.1f}{cells}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ engine's optimizer updates `vals` instead of the dense weight, so it moves only 
                   (N*out, in) CSR (the N blocks stacked over the same columns): no copy of the input per network
 The step engine switches a layer to its sparse forward only inside `Step.sparse_forward` (`StackedLinear.sparse`):
 while it computes a step's losses, and for the training loop's evaluations; any other forward is the dense one,
-on the dense weight. The sparse forward does not read the dense weight: `sync` writes the kept values back into it (its pruned entries stay
-exactly zero, nothing else writes them), and the training loop calls it before every read of the model's
-state (evaluation, early-stop copies, resume points, the end of training); `load` reads them from it again
-after a resume point is loaded.
+on the dense weight. The sparse forward does not read the dense weight: `sync` writes the kept values back into
+it (its pruned entries stay exactly zero, nothing else writes them), and the training loop calls it before every
+read of the model's state (evaluation, early-stop copies, resume points, the end of training); `load` reads them
+from it again after a resume point is loaded.
 Results equal dense execution up to floating-point summation order (tested in float64 to 1e-12).
 """
 from __future__ import annotations
