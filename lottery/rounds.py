@@ -32,7 +32,7 @@ from .artifacts import ArtifactError
 from .config import SEARCH_KEYS, Config, ConfigError, artifact_params, dvc_stage, is_import_path, predecessor
 from .data import CLASSES, SHAPES, TensorData, load_prepared, prepared_params, sized_by_data
 from .runtime import one_thread, resolve_device
-from .training import Result, digest, train
+from .training import Clock, Result, digest, train
 
 
 def trial_seeds(cfg: Config) -> list[int]:
@@ -335,6 +335,9 @@ def _search(cfg: Config, name: str, stack: Stack) -> early_bird.Search | None:
 
 def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, log=print,
               resume_dir: Path | None = None, started: float | None = None) -> dict:
+    """Round `name`: prune `prev`, train the stack, write runs/<name>/; returns its metrics. `started`: when the
+    stage process started (before its imports), for the start-up in the round's time line (the last log line)."""
+    clock, begun = Clock(), time.perf_counter() if started is None else started
     device = resolve_device(cfg.train.device, cfg.train.precision)
     data = load_prepared(data_path, device, prepared_params(cfg), cfg.data)
     stack = build_stack(cfg, name, prev, runs, data, log)
@@ -346,9 +349,11 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
     search = _search(cfg, name, stack)
     t0 = time.perf_counter()
+    clock.add("start-up", t0 - begun)
     if started is not None:
         log(f"[{name}] start-up {t0 - started:.2f}s (imports, artifacts, data) before the first iteration")
-    result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs), watch=search)
+    result = train_groups(cfg, stack, dev_mask, data, name, log, resume_dir, init_io(cfg, runs), watch=search,
+                          clock=clock)
     seconds = time.perf_counter() - t0
     for key, m in dev_mask.items():  # the final masks (rigl and set move theirs during training)
         stack.mask[key].copy_(m.cpu())
@@ -364,21 +369,25 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     line = None
     if subset is not None:
         t1 = time.perf_counter()
-        line = measure_instability(cfg, stack, stack.model.state_dict(), data, subset)
+        with clock("instability"):
+            line = measure_instability(cfg, stack, stack.model.state_dict(), data, subset)
         log(f"[{name}] instability (test) " + "  ".join(f"trial {t['trial']}: {t['test_instability']:.2f} pp"
             for t in line["trials"]) + f"  ({cfg.instability.points} points in {time.perf_counter() - t1:.1f}s)")
-    metrics = write_round(cfg, name, stack, trained, result, runs / name, line, data.example_shape, prev, search)
+    with clock("saving"):
+        metrics = write_round(cfg, name, stack, trained, result, runs / name, line, data.example_shape, prev, search)
     for v in stack.variants:
         rows = [n for n in metrics["networks"] if n["variant"] == v]
         log(f"[{name}] {v:>6}: {rows[0]['weights_remaining']:6.2f}% remaining  "
             f"test acc {sum(r['test_accuracy'] for r in rows) / len(rows):.2f}%  "
             f"early stop {sum(r['early_stop_iteration'] for r in rows) / len(rows):.0f}")
     log(f"[{name}] trained in {seconds:.1f}s")
+    log(f"[{name}] {clock.line(time.perf_counter() - begun)}")
     return metrics
 
 
 def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, name: str, log=print,
-                 resume_dir: Path | None = None, io=None, watch: early_bird.Search | None = None) -> Result:
+                 resume_dir: Path | None = None, io=None, watch: early_bird.Search | None = None,
+                 clock: Clock | None = None) -> Result:
     """Train the round's networks (`stack`, in place): all at once, or `train.stack` at a time, group after group.
 
     Every network of a stack trains on its own, so a group trains as it would in the whole stack (the same up to
@@ -386,7 +395,7 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
     done (`resume.group`), so an interrupted round resumes at the group it was training."""
     n, size = len(stack.order_seeds), cfg.train.stack or len(stack.order_seeds)
     kw = dict(log=log, resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds, start=stack.start,
-              constant_lr=stack.constant_lr, augment=cfg.data.augment)
+              constant_lr=stack.constant_lr, augment=cfg.data.augment, clock=clock or Clock())
     methods = [v if v in dst.METHODS else None for v in stack.variants for _ in range(stack.trials)]
     update = dst.Updater(cfg.dst, methods, stack.mask_seeds, cfg.train.iterations).rows(slice(0, n))
     if size >= n:
@@ -416,8 +425,9 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
             log(f"[{name}] networks {lo}-{rows.stop - 1} of {n} (train.stack={size})")
             result = train(net, net_mask, data, cfg.train, order_seeds=seeds, label=name, update=hook, **kw)
             if done and distributed.is_main():
-                artifacts.atomic_save({"state": net.state_dict(), "result": dataclasses.asdict(result), "mask": net_mask},
-                                      done)
+                with kw["clock"]("saving"):
+                    artifacts.atomic_save({"state": net.state_dict(), "result": dataclasses.asdict(result),
+                                           "mask": net_mask}, done)
         with torch.no_grad():
             for k, v in net.state_dict().items():
                 state[k][rows] = v

@@ -10,12 +10,14 @@ engine's optimizer updates `vals` instead of the dense weight, so it moves only 
                   permutation), only where a later layer needs it (not for the network's input)
   dense gradient  gy @ X^T in full, pruned positions included, only on request (`dense_grad`: RigL's growth), from
                   the factors the last backward keeps; a mask that moves gets a new structure (`Step.set_mask`)
-The step engine switches a layer to its sparse forward only while it computes a step's losses
-(`StackedLinear.sparse`); any other forward (evaluation) is the dense one, on the dense weight. The sparse
-forward does not read the dense weight: `sync` writes the kept values back into it (its pruned entries stay
-exactly zero, nothing else writes them), and the training loop calls it before every read of the model's
-state (evaluation, early-stop copies, resume points, the end of training); `load` reads them from it again
-after a resume point is loaded.
+  one input for all networks (evaluation, no gradient): out = W1 @ x^T with W1 the same values as an
+                  (N*out, in) CSR (the N blocks stacked over the same columns): no copy of the input per network
+The step engine switches a layer to its sparse forward only inside `Step.sparse_forward` (`StackedLinear.sparse`):
+while it computes a step's losses, and for the training loop's evaluations; any other forward is the dense one,
+on the dense weight. The sparse forward does not read the dense weight: `sync` writes the kept values back into
+it (its pruned entries stay exactly zero, nothing else writes them), and the training loop calls it before every
+read of the model's state (evaluation, early-stop copies, resume points, the end of training); `load` reads them
+from it again after a resume point is loaded.
 Results equal dense execution up to floating-point summation order (tested in float64 to 1e-12).
 """
 from __future__ import annotations
@@ -104,9 +106,19 @@ class SparseLinear:
         self.pattern = _csr(crow, col, torch.zeros_like(self.vals, requires_grad=False), shape)
         self.wt = _csr(crow_t, col_t, torch.empty_like(self.vals, requires_grad=False), shape_t)
         self.factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (gy, xs) of the last backward
+        self.w1 = _csr(crow, col % d_in, self.vals.detach(), (n * d_out, d_in))  # one input for all networks
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 < self.shape[0] and not torch.is_grad_enabled():  # one input for all networks
+            return self.shared(x)
         return _SparseLinearFn.apply(self.vals, self.module.bias, x, self)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward of one input (1, B, in) for all N networks, without autograd: (N, B, out)."""
+        n, d_out, _ = self.shape
+        out = torch.empty(n * d_out, x.shape[1], dtype=x.dtype)
+        torch.addmm(out, self.w1, x[0].t(), beta=0.0, out=out)  # (x[0].t() as a view: MKL reads it as it is)
+        return out.view(n, d_out, -1).add_(self.module.bias.transpose(1, 2)).transpose(1, 2)
 
     @torch.no_grad()
     def sync(self) -> None:

@@ -12,10 +12,12 @@ With `fast` (the default) it takes shortcuts that give the same weights as the p
 With `train.sparse` (CPU), masked linear layers run sparse (`lottery.sparse`, built here from the mask, rebuilt
 by `set_mask` when it moves):
 the optimizer steps only their kept values, and `sync` writes those back into the model's dense weights,
-which the caller does before reading the model's state. Same results up to floating-point summation order.
+which the caller does before reading the model's state; inside `sparse_forward` (the step's losses, and the
+training loop's evaluations) the model runs those layers sparse. Same results up to floating-point summation order.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -233,14 +235,21 @@ class Step:
             if self.cpu_fast and stop_pruned_updates(self.opt, self.weights, self.keep):
                 self.weights = []  # from now on Adam's state holds them at zero: no more multiplies
 
-    def _step(self, idx: torch.Tensor) -> None:
-        for s in self.sparse.values():  # the sparse layers' forward, for this step's losses only
+    @contextmanager
+    def sparse_forward(self):
+        """Inside the block, the sparse layers run their sparse forward, on the kept values (a step's losses, and
+        evaluation during training: lottery.training); outside it, the dense forward on the dense weights."""
+        for s in self.sparse.values():
             s.module.sparse = s
         try:
-            losses = self.losses(idx)  # (N,)
+            yield
         finally:
             for s in self.sparse.values():
                 s.module.sparse = None
+
+    def _step(self, idx: torch.Tensor) -> None:
+        with self.sparse_forward():
+            losses = self.losses(idx)  # (N,)
         losses.sum().backward()
         self.opt_step()
         with torch.no_grad():

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pickle
+import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -249,3 +251,21 @@ def test_presets_run_one_short_round_through_dvc(tmp_path):
         assert preset in rows
     bad = repo.dvc("exp", "run", "-S", "experiment=alexnet", check=False)
     assert bad.returncode != 0 and "alexnet" in (bad.stderr + bad.stdout)
+
+
+def test_a_round_ends_its_log_with_the_seconds_and_share_of_each_part(tmp_path):
+    # (the time line of issue 21: timings go to the log only; the byte-identical reruns of tests/test_pipeline.py
+    # show they are in no artifact)
+    cfg = _cfg(tmp_path)
+    runs, data = tmp_path / "runs", _prepared(tmp_path)
+    rounds.init(cfg, runs / "init", data, log=lambda *_: None)
+    lines: list[str] = []
+    rounds.run_round(cfg, "r0", "init", runs, data, log=lines.append, started=time.perf_counter())
+    number = r"(\d+\.\d)s (\d+)%"
+    parts = ("start-up", "steps", "validation", "test", "saving", "other")
+    m = re.fullmatch(r"\[r0\] time (\d+\.\d)s: " + ", ".join(f"{p} {number}" for p in parts), lines[-1])
+    assert m, lines[-1]
+    total, seconds, shares = float(m[1]), [float(s) for s in m.groups()[1::2]], [int(s) for s in m.groups()[2::2]]
+    assert abs(sum(seconds) - total) <= 0.05 * (len(parts) + 1)  # (each rounded to 0.1 s)
+    assert abs(sum(shares) - 100) <= len(parts)  # (each rounded to 1 %)
+    assert any(line.startswith("[r0] start-up ") for line in lines)
