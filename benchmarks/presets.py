@@ -3,9 +3,15 @@
 Builds each preset's model and trains it with the preset's optimizer, batch size and
 augmentation on random in-memory data of the dataset's shape, for one network and for a
 round's stack (ticket + 2 controls x 2 trials = 6 networks) with half of every prunable
-layer masked, and extrapolates from a few timed iterations after a warm-up. Prints a table; asserts nothing.
+layer masked, and extrapolates from a few timed iterations after a warm-up. The stack of 6 runs three
+ways: every conv layer grouped (one grouped convolution), every conv layer network by network (`loop`),
+and as a round runs it (each layer on the path `models.conv_loop` chooses; timed apart only where that
+mixes the two paths, else the matching column is repeated); the cases are interleaved over
+--passes passes (best kept) and compared as ratios to one network. Prints a table; asserts nothing.
 
-    python benchmarks/presets.py [--iterations N] [--device cpu|cuda] [--params-dir DIR]
+    python benchmarks/presets.py [--iterations N] [--passes P] [--clock wall|cpu] [--device cpu|cuda] [--params-dir DIR]
+
+On a loaded machine, `OMP_NUM_THREADS=1 ... --clock cpu` (the process's CPU time) gives steadier ratios.
 
 --params-dir reads DIR/<preset>.yaml (written by --write-params DIR) instead of composing
 the preset with Hydra: for a machine without DVC, such as a lent GPU.
@@ -29,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["lenet", "conv2", "conv4", "conv6", "vgg19", "resnet20"]
 
 
-def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float:
+def trainer(cfg, n_nets: int, device: str = "cpu", conv: str | None = None, clock=time.perf_counter):
+    """A warmed-up stack of `n_nets` networks of the preset, and `timed(iters)`: seconds per 1,000 iterations of
+    training it `iters` more iterations. `conv` grouped | loop forces every conv layer's path (default: the
+    one `models.to_device` chooses, as a round)."""
     from lottery.runtime import configure_runtime
     from lottery.training import train
 
@@ -41,15 +50,24 @@ def seconds_per_1000(cfg, n_nets: int, iters: int, device: str = "cpu") -> float
     x, y = x.to(dev), y.to(dev)
     data = TensorData(x, y, x[:8], y[:8], x[:8], y[:8])
     model = models.to_device(models.build(cfg.model.name, list(range(n_nets))), dev)  # as a round: NHWC on CUDA
+    if conv:
+        for m in model.modules():
+            if isinstance(m, models.StackedConv2d):
+                m.loop = conv == "loop"
     # half of every prunable layer pruned, as in a round after r0 (masks change the step's work)
     mask = {k: (torch.rand(v.shape, generator=g) > 0.5).to(dev) for k, v in masks.ones(model, models.prunable(model)).items()}
     quiet = lambda *_: None  # noqa: E731
-    run = dataclasses.replace(cfg.train, iterations=iters, eval_every=10**9, log_every=0, warmup=0, lr_drops=[])
+    run = dataclasses.replace(cfg.train, eval_every=10**9, log_every=0, warmup=0, lr_drops=[])
+
+    def timed(iters: int) -> float:
+        t = clock()
+        train(model, mask, data, dataclasses.replace(run, iterations=iters), list(range(n_nets)), log=quiet,
+              augment=cfg.data.augment)  # ends with a sync (.tolist)
+        return (clock() - t) / iters * 1000
+
     # warm-up: on CUDA past the graph capture (graphs are used without augmentation)
-    train(model, mask, data, dataclasses.replace(run, iterations=5), list(range(n_nets)), log=quiet, augment=cfg.data.augment)
-    t = time.perf_counter()
-    train(model, mask, data, run, list(range(n_nets)), log=quiet, augment=cfg.data.augment)  # ends with a sync (.tolist)
-    return (time.perf_counter() - t) / iters * 1000
+    timed(5 if dev.type == "cuda" else 1)
+    return model, timed
 
 
 def preset_config(preset: str, params_dir: Path | None):
@@ -69,7 +87,10 @@ def preset_config(preset: str, params_dir: Path | None):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--passes", type=int, default=2, help="interleaved passes over the cases (best kept)")
     ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the process's CPU time (steadier on a loaded machine; on CPU, with OMP_NUM_THREADS=1)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", help="override train.precision (float32, tf32, bfloat16)")
     ap.add_argument("--params-dir", type=Path, help="read DIR/<preset>.yaml instead of composing")
@@ -82,17 +103,33 @@ def main() -> None:
             (args.write_params / f"{preset}.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         return
 
-    print(f"{'preset':<9} {'model':<14} {'batch':>5} {'precision':>9} {'s/1k it (1 net)':>16} {'s/1k it (6 nets)':>17}",
+    cases = {"1 net": (1, None), "6 grouped": (6, "grouped"), "6 loop": (6, "loop"), "6 nets": (6, None)}
+    print(f"{'preset':<9} {'model':<14} {'batch':>5} {'precision':>9} | s/1k it: "
+          + " ".join(f"{c:>10}" for c in cases) + " | 6 nets / 1 net: grouped    loop    used | loop layers",
           flush=True)
     for preset in args.presets:
         cfg = preset_config(preset, args.params_dir)
         if args.precision:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
-        iters = args.iterations if cfg.model.name in ("lenet-300-100",) else max(3, args.iterations // 4)
-        one = seconds_per_1000(cfg, 1, iters * 10 if cfg.model.name == "lenet-300-100" else iters, args.device)
-        six = seconds_per_1000(cfg, 6, iters * 10 if cfg.model.name == "lenet-300-100" else max(2, iters // 2), args.device)
-        print(f"{preset:<9} {cfg.model.name:<14} {cfg.train.batch_size:>5} {cfg.train.precision:>9} {one:>16.2f} {six:>17.2f}",
-              flush=True)
+        iters = args.iterations * 10 if cfg.model.name == "lenet-300-100" else max(1, args.iterations // 8)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        runs = {c: trainer(cfg, n, args.device, conv, clock) for c, (n, conv) in cases.items() if c != "6 nets"}
+        convs = [m for m in runs["6 grouped"][0].modules() if isinstance(m, models.StackedConv2d)]
+        rule = [models.conv_loop(m, torch.device(args.device)) for m in convs]  # the path of each layer in a round
+        same = "6 grouped" if not any(rule) else "6 loop" if all(rule) else None  # a case already timed
+        if same is None:
+            runs["6 nets"] = trainer(cfg, 6, args.device, None, clock)
+        best = {c: float("inf") for c in runs}
+        for _ in range(args.passes):  # the cases interleaved, pass after pass: the machine's drift hits all alike
+            for c, (_, timed) in runs.items():
+                best[c] = min(best[c], timed(iters))
+        best["6 nets"] = best[same or "6 nets"]
+        looped = f"{sum(rule)}/{len(rule)}" if convs else "-"
+        one = best["1 net"]
+        print(f"{preset:<9} {cfg.model.name:<14} {cfg.train.batch_size:>5} {cfg.train.precision:>9} |          "
+              + " ".join(f"{best[c]:>10.2f}" for c in cases)
+              + f" |                {best['6 grouped'] / one:>6.2f}x {best['6 loop'] / one:>6.2f}x {best['6 nets'] / one:>6.2f}x"
+              + f" | {looped}", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,13 @@ class StackedLinear(nn.Module):
 
 
 class StackedConv2d(nn.Module):
-    """N independent k x k convolutions as one grouped convolution: (B, N*in, H, W) -> (B, N*out, H', W')."""
+    """N independent k x k convolutions as one grouped convolution: (B, N*in, H, W) -> (B, N*out, H', W').
+
+    With `loop` set (`to_device` sets it by `conv_loop`), network by network instead: each network's convolution
+    on its own channels, made contiguous, then concatenated; bit for bit what the network computes alone, in the
+    output and in every gradient (tested), while the grouped convolution may sum in another order."""
+
+    loop = False
 
     def __init__(self, n: int, c_in: int, c_out: int, k: int, stride: int = 1, padding: int | None = None,
                  bias: bool = True):
@@ -104,6 +110,9 @@ class StackedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c_out, c_in, k, _ = self.weight.shape
+        if self.loop:
+            return torch.cat([F.conv2d(xi.contiguous(), self.weight[i], None if self.bias is None else self.bias[i],
+                                       self.stride, self.padding) for i, xi in enumerate(x.split(c_in, 1))], 1)
         w = self.weight.view(n * c_out, c_in, k, k)
         b = None if self.bias is None else self.bias.view(-1)
         return F.conv2d(x, w, b, self.stride, self.padding, groups=n)
@@ -179,14 +188,38 @@ def channels_last(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cuda" and isinstance(model, ConvStack)
 
 
+# On CPU, a stacked conv layer with at least this many input channels runs network by network (`conv_loop`).
+LOOP_MIN_CHANNELS = 256
+
+
+def conv_loop(layer: StackedConv2d, device: torch.device) -> bool:
+    """Whether `layer` runs network by network (`StackedConv2d.loop`) on `device`: on CPU, in a stack of several
+    networks, for at least LOOP_MIN_CHANNELS input channels (VGG-19's deep layers, Conv-6's last), where one
+    convolution per network was faster than the grouped one in `benchmarks/presets.py`; grouped otherwise, and
+    always on CUDA. A fixed rule of the device and the layer's shape, never a timing: a round's results do not
+    depend on how busy the machine was."""
+    n, _, c_in, _, _ = layer.weight.shape
+    return device.type == "cpu" and n > 1 and c_in >= LOOP_MIN_CHANNELS
+
+
+def conv_paths(model: nn.Module) -> dict[str, str]:
+    """Each stacked conv weight's path as set: 'loop' (network by network) or 'grouped'."""
+    return {f"{name}.weight": "loop" if m.loop else "grouped" for name, m in model.named_modules()
+            if isinstance(m, StackedConv2d)}
+
+
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move a stack to the device it trains on, in the memory format it runs best there (`channels_last`).
+    """Move a stack to the device it trains on, in the memory format it runs best there (`channels_last`),
+    with each stacked conv layer on its path there (`conv_loop`).
 
     Only the activations change layout: the stacked 5-d conv weights keep theirs (cuDNN takes their
     4-d views as they are), so checkpoints, masks and the optimizer state are the same on every device."""
     model.to(device)
     if isinstance(model, ConvStack):
         model.channels_last = channels_last(model, device)
+    for m in model.modules():
+        if isinstance(m, StackedConv2d):
+            m.loop = conv_loop(m, device)
     return model
 
 

@@ -347,6 +347,9 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
     subset = _instability_subset(cfg, len(data.train))  # bad input stops the round before training
     log(f"[{name}] {len(stack.init_seeds)} networks ({', '.join(stack.variants)} x {stack.trials} trials), "
         f"{float(masks.percent_remaining(stack.ticket_mask)[0]):.2f}% of weights remaining, device {device}")
+    looped = [k for k, path in models.conv_paths(stack.model).items() if path == "loop"]
+    if looped:
+        log(f"[{name}] conv layers network by network (models.conv_loop): {', '.join(looped)}")
     search = _search(cfg, name, stack)
     t0 = time.perf_counter()
     clock.add("start-up", t0 - begun)

@@ -444,3 +444,46 @@ def test_config_rejects_a_model_on_the_wrong_dataset():
                            ("conv-6-dropout", "cifar10"), ("lenet-300-100", "mnist"), ("mlp-mnist1d", "mnist1d")]:
         cfg = config.from_dict(_cfg(model, dataset))
         assert cfg.model.name == model and cfg.data.dataset == dataset
+
+
+def test_stacked_conv2d_network_by_network_is_each_network_alone_bit_for_bit():
+    """`loop`: every network's convolution on its own channels; the output and all gradients equal the plain
+    convolution of that network alone exactly (shapes where the grouped convolution sums in another order)."""
+    for n, c_in, c_out, stride, hw in [(3, 4, 5, 2, 9), (2, 8, 8, 1, 8), (2, 256, 16, 1, 4)]:
+        conv = models.StackedConv2d(n, c_in, c_out, 3, stride=stride)
+        gen = torch.Generator().manual_seed(0)
+        for i in range(n):
+            conv.init_(i, gen, "glorot")
+        with torch.no_grad():
+            conv.bias.normal_(generator=gen)
+        x = torch.randn(4, n * c_in, hw, hw, generator=gen, requires_grad=True)
+        conv.loop = True
+        out = conv(x)
+        g = torch.randn(out.shape, generator=gen)
+        dx, dw, db = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
+        for i in range(n):
+            xi = x.detach()[:, i * c_in:(i + 1) * c_in].contiguous().requires_grad_()
+            w, b = conv.weight.detach()[i].requires_grad_(), conv.bias.detach()[i].requires_grad_()
+            ref = F.conv2d(xi, w, b, stride, 1)
+            o = slice(i * c_out, (i + 1) * c_out)
+            assert torch.equal(out[:, o], ref), (n, c_in, i)
+            rx, rw, rb = torch.autograd.grad(ref, [xi, w, b], g[:, o].contiguous())
+            assert torch.equal(dx[:, i * c_in:(i + 1) * c_in], rx) and torch.equal(dw[i], rw) and torch.equal(db[i], rb)
+        conv.loop = False  # the grouped convolution: the same function up to summation order
+        torch.testing.assert_close(conv(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_layers_loop_on_cpu_by_a_fixed_rule_of_their_shape():
+    """`to_device`: network by network on CPU for stacked conv layers of >= 256 input channels in stacks of
+    several networks (Conv-6's last conv), grouped for the others, for one network and on CUDA."""
+    cpu = torch.device("cpu")
+    six = models.to_device(models.build("conv-6", [0, 1]), cpu)
+    assert models.conv_paths(six) == {f"convs.{j}.weight": "loop" if j == 5 else "grouped" for j in range(6)}
+    assert set(models.conv_paths(models.to_device(models.build("conv-6", [0]), cpu)).values()) == {"grouped"}
+    assert set(models.conv_paths(models.to_device(models.build("resnet-20", [0, 1]), cpu)).values()) == {"grouped"}
+    assert models.conv_loop(six.convs[5], cpu) and not models.conv_loop(six.convs[5], torch.device("cuda"))
+    x = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the same function as the all-grouped stack
+        looped = six(x)
+        six.convs[5].loop = False
+        torch.testing.assert_close(six(x), looped, rtol=1e-5, atol=1e-5)
