@@ -197,8 +197,7 @@ def case_rounds(iters: int, passes: int, quick: bool = False) -> dict:
     init = {k: v.clone() for k, v in model.state_dict().items()}
     eval_every = EVAL_EVERY if iters >= 2 * EVAL_EVERY else max(1, iters // 2)
     for model, mask, mode in cases.values():  # warm-up: the sparse structures, evaluation, the allocator
-        train(model, mask, data, TrainConfig(iterations=2 * eval_every, eval_every=eval_every, sparse=mode), seeds,
-              log=quiet)
+        train(model, mask, data, TrainConfig(iterations=eval_every, eval_every=eval_every, sparse=mode), seeds, log=quiet)
     out: dict = {k: [] for k in cases}
     for _ in range(passes):
         for name, (model, mask, mode) in cases.items():
