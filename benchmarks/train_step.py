@@ -377,35 +377,37 @@ def paper_estimate(r: dict, ceiling: dict | None) -> None:
     r0 trains the 5 dense networks, r1..r20 each a stack of 15 (5 trials x ticket + reinit + random) with the fc
     layers at 0.8^k (the output layer at 0.9^k); 50,000 iterations, validation every 100 on 5,000 examples. A
     round at fc density d costs 50,000 / I x (the measured seconds of the I iterations with their validation at
-    d) + (the measured end: the test evaluation); r0's 5 networks a third of a 15-network round. With
-    train.sparse off every round costs the dense round measured at 100% (dense execution costs the same at every
-    density). With auto, between the measured densities the seconds are linear in d, on the same side of auto's
-    crossover (AUTO_DENSITY: dense above, sparse below); beyond them, those of the nearest measured density
-    (below the lowest, an upper bound: a sparser round costs less)."""
+    d) + (the measured end: the test evaluation); r0's 5 networks a third of a 15-network round. A round that
+    runs dense (every round with train.sparse off; with auto, those at or above its crossover AUTO_DENSITY) costs
+    the dense round: the median of every measured round that ran dense, since dense execution costs the same at
+    every density. A round that auto runs sparse (below the crossover): linear in d between the densities measured
+    below it, and beyond them the nearest one's (below the lowest, an upper bound: a sparser round costs less)."""
     its, cross = r["iterations"], r["auto_density"]
-    points = {mode: sorted((float(k.split()[0]), *(statistics.median(p[i] for p in v) for i in (0, 1)))
-                           for k, v in r["passes"].items() if k.split()[1] == mode) for mode in ("off", "auto")}
-    points["off"] = points["off"][-1:]  # the densest measured (100%)
+    runs = {(float(k.split()[0]), k.split()[1]): v for k, v in r["passes"].items()}
+    dense = [p for (d, mode), v in runs.items() if mode == "off" or d >= cross for p in v]
+    dense_s = [statistics.median(p[i] for p in dense) for i in (0, 1)]
+    sparse = sorted((d, *(statistics.median(p[i] for p in v) for i in (0, 1)))
+                    for (d, mode), v in runs.items() if mode == "auto" and d < cross)
 
     def seconds(mode: str, d: float) -> float:  # a paper round of 15 networks at fc density d
-        side = [p for p in points[mode] if (p[0] < cross) == (d < cross)] or points[mode]
-        loop, end = (interpolate(d, [p[0] for p in side], [p[i] for p in side]) for i in (1, 2))
+        loop, end = dense_s if mode == "off" or d >= cross or not sparse else (
+            interpolate(d, [p[0] for p in sparse], [p[i] for p in sparse]) for i in (1, 2))
         return loop * PAPER_ITERATIONS / its + end
 
     density = [0.8**k for k in range(PAPER_ROUNDS)]
     nets = [PAPER_TRIALS] + [ROUND_NETS] * (PAPER_ROUNDS - 1)
     cost = {m: [seconds(m, d) * n / ROUND_NETS for d, n in zip(density, nets)] for m in ("off", "auto")}
     off_h, auto_h = sum(cost["off"]) / 3600, sum(cost["auto"]) / 3600
-    measured = ", ".join(f"{p[0]:.1%}" for p in points["auto"])
+    measured = ", ".join(f"{p[0]:.1%}" for p in sparse)
     print(f"paper's full LeNet figure (r0: the {PAPER_TRIALS} dense networks; r1..r{PAPER_ROUNDS - 1}: {ROUND_NETS} "
           f"networks = {PAPER_TRIALS} trials x ticket + reinit + random, fc layers at 0.8^k; {PAPER_ITERATIONS:,} "
           f"iterations, validation every {EVAL_EVERY}): {auto_h:.2f} h with train.sparse auto, {off_h:.2f} h off "
           f"({off_h / auto_h:.2f}x)")
-    print(f"  how: a round at fc density d costs {PAPER_ITERATIONS:,}/{its} x the train+val seconds measured above + "
-          f"the test seconds; off: every round as the dense round at 100%;\n"
-          f"  auto: linear in d between the densities measured ({measured}) on the same side of auto's crossover "
-          f"({cross:.0%}: dense above, sparse below), below {points['auto'][0][0]:.1%} its cost (an upper bound);\n"
-          f"  r0 = a third of a {ROUND_NETS}-network round. Minutes per round, off / auto:")
+    print(f"  how: a round at fc density d costs {PAPER_ITERATIONS:,}/{its} x its train+val seconds + its test seconds, "
+          f"as measured above; a round run dense (off; auto at {cross:.0%} or more) the median of the {len(dense)} dense "
+          f"rounds measured\n  ({dense_s[0]:.2f} + {dense_s[1]:.2f} s); a round auto runs sparse: linear in d between "
+          f"the densities measured ({measured}), below {sparse[0][0]:.1%} its cost (an upper bound); r0 = a third\n"
+          f"  of a {ROUND_NETS}-network round. Minutes per round, off / auto:")
     for k0 in range(0, PAPER_ROUNDS, 6):
         print("  " + "".join(f"  r{k:<2} {density[k]:>5.1%} {cost['off'][k] / 60:4.1f}/{cost['auto'][k] / 60:4.1f}"
                              for k in range(k0, min(k0 + 6, PAPER_ROUNDS))))
