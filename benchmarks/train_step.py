@@ -33,6 +33,9 @@ import subprocess
 import sys
 import time
 
+# this checkout's lottery (and benchmarks/sparse_step.py), whatever the environment has installed
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
+
 SHAPES = [(784, 300), (300, 100), (100, 10)]
 BATCH = 60
 VALIDATION, EVAL_EVERY = 5000, 100  # the paper's validation set and evaluation interval
@@ -409,7 +412,7 @@ def paper_estimate(r: dict, ceiling: dict | None) -> None:
           f"the densities measured ({measured}), below {sparse[0][0]:.1%} its cost (an upper bound); r0 = a third\n"
           f"  of a {ROUND_NETS}-network round. Minutes per round, off / auto:")
     for k0 in range(0, PAPER_ROUNDS, 6):
-        print("  " + "".join(f"  r{k:<2} {density[k]:>5.1%} {cost['off'][k] / 60:4.1f}/{cost['auto'][k] / 60:4.1f}"
+        print("  " + "".join(f"  r{k:<2} {density[k]:>5.1%} {cost['off'][k] / 60:>5.1f}/{cost['auto'][k] / 60:.1f}"
                              for k in range(k0, min(k0 + 6, PAPER_ROUNDS))))
     if ceiling:
         rate = ceiling["gflops"] * 1e9 * 3600
