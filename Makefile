@@ -38,7 +38,8 @@ test: setup
 	$(PY) -m pytest -q -n 2
 
 # every benchmark runs even when one fails; make bench then exits non-zero naming the failed ones.
-# bench: the step, sparse execution, data-parallel rounds and the image loader; bench-all adds the long rows
+# bench (target: within 10 min on 2 quiet cores): the step, whole rounds sparse vs dense with the paper's estimate,
+# sparse execution, data-parallel rounds and the image loader; bench-all adds the long rows
 BENCH = train_step sparse_step data_parallel folder_loader
 bench: setup
 	@failed=""; for b in $(BENCH); do \

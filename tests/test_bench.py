@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,20 @@ def test_train_step_benchmark_prints_its_table_and_reports_a_failed_case():
     for r in rows[:2] + rows[3:]:
         assert float(r[2]) > 0 and r[3].endswith("%") and r[4].endswith("x")
     assert rows[0][4] == "1.00x"  # the plain loop is the baseline
-    assert "paper's full LeNet figure" in out and "of validation" in out and "stage start-up" in out
+    assert "stage start-up" in out
+    # whole rounds at three densities, train.sparse off and auto, and the paper's estimate from them round by round
+    rounds = out.split("whole rounds")[1].splitlines()
+    assert rounds[1].split() == ["fc", "density", "sparse", "round", "s", "train+val", "s", "test", "s", "net-it/s", "x", "off"]
+    rows = [line.split() for line in rounds[2:8]]
+    assert [r[:2] for r in rows] == [[d, m] for d in ("1.000", "0.135", "0.036") for m in ("off", "auto")]
+    for r in rows:
+        assert float(r[2]) == pytest.approx(float(r[3]) + float(r[4]), abs=0.011) and float(r[5]) > 0
+        assert r[6] == "1.00x" if r[1] == "off" else float(r[6][:-1]) > 0
+    assert rounds[8].startswith("paper's full LeNet figure (r0: the 5 dense networks; r1..r20: 15 networks")
+    assert "h with train.sparse auto" in rounds[8] and "h off" in rounds[8]
+    per_round = " ".join(rounds[12:16]).split()
+    assert per_round[::3] == [f"r{k}" for k in range(21)]
+    assert all(float(off) > 0 and float(auto) > 0 for off, auto in (c.split("/") for c in per_round[2::3]))
 
 
 
