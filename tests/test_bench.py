@@ -60,8 +60,10 @@ def test_sparse_step_benchmark_prints_sparse_and_dense_side_by_side(monkeypatch,
     runpy.run_path(str(ROOT / "benchmarks/sparse_step.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     assert "2 stacked LeNet-300-100, batch 60" in lines[0]
-    assert lines[1].split() == ["fc", "density", "dense", "ms", "sparse", "ms", "auto", "ms", "dense/sparse", "dense/auto"]
+    assert lines[1].split() == ["fc", "density", "dense", "ms", "sparse", "ms", "auto", "ms", "dense/sparse", "dense/auto",
+                                "net-it/s", "dense", "sparse", "auto"]
     rows = [line.split() for line in lines[2:]]
     assert [r[0] for r in rows] == ["1.000", "0.135", "0.036"]
     for r in rows:
         assert all(float(v) > 0 for v in r[1:4]) and r[4].endswith("x") and r[5].endswith("x")
+        assert len(r) == 9 and all(float(v) > 0 for v in r[6:9])  # net-it/s of dense, sparse, auto
