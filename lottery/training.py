@@ -248,15 +248,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         since += 1
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             with clock("validation"):
-                step.sync()  # (sparse layers: the model's weights hold the current values from here)
-                _check_finite(model, step.running, it, label)
-                with step.sparse_forward():  # (sparse layers: evaluated sparse, on the kept values)
-                    val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision, shard=shard)
-                val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
-                _check_finite(model, val_loss, it, label)
-                stop.update(it, state, val_loss, val_acc)
-                if watch:
-                    watch(it, state)
+                _validate(model, step, data.val, cfg.precision, shard, stop, state, it, label, watch)
             if main and scratch and time.monotonic() - last_save >= checkpoint_seconds and it < cfg.iterations:
                 with clock("saving"):
                     _save_resume(scratch, it, state, step, orders, stop, watch)
@@ -273,6 +265,20 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     if scratch and main:
         scratch.unlink(missing_ok=True)
     return result
+
+
+def _validate(model: nn.Module, step: Step, val: Split, precision: str, shard, stop: EarlyStop, state: dict, it: int,
+              label: str, watch) -> None:
+    """The evaluation of iteration `it`: validation loss and accuracy of every network, the early-stop copy, `watch`."""
+    step.sync()  # (sparse layers: the model's weights hold the current values from here)
+    _check_finite(model, step.running, it, label)
+    with step.sparse_forward():  # (sparse layers: evaluated sparse, on the kept values)
+        val_loss, val_acc = evaluate(model, val, precision=precision, shard=shard)
+    val_loss, val_acc = val_loss.cpu(), val_acc.cpu()
+    _check_finite(model, val_loss, it, label)
+    stop.update(it, state, val_loss, val_acc)
+    if watch:
+        watch(it, state)
 
 
 def _progress(log, label: str, it: int, iterations: int, rate: float, step: Step, stop: EarlyStop, since: int) -> None:
