@@ -175,6 +175,7 @@ def _load_resume(path: Path, model: nn.Module, step: Step, orders: Orders, stop:
     stop.loss, stop.it, stop.curve = st["best_loss"], st["best_it"], st["curve"]
     if watch:
         watch.load_state_dict(st["watch"])
+    step.load()  # (sparse layers: their kept values from the loaded weights)
     log(f"[{label}] resumed from {path} at iteration {st['it']}")
     return st["it"]
 
@@ -222,8 +223,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     state = model.state_dict()  # parameters and buffers (BatchNorm statistics), all (N, ...)
     stop = EarlyStop(state, len(order_seeds))
     extra = (start, constant_lr, augment) + ((watch.key,) if watch else ()) + ((update.key(),) if update is not None else ())
-    inputs = digest(model, mask, cfg, order_seeds, n_train, extra) if resume_dir else ""
-    scratch = resume.point(resume_dir, label, inputs) if resume_dir else None
+    scratch = resume.point(resume_dir, label, digest(model, mask, cfg, order_seeds, n_train, extra)) if resume_dir else None
     t0, last_save, since = time.perf_counter(), time.monotonic(), 0
     # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
     every, last_line = min(cfg.log_every, -(-cfg.iterations // 10)), time.monotonic()
@@ -232,10 +232,8 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     scheduled = constant_lr is None and (cfg.warmup > 0 or len(cfg.lr_drops) > 0)
     if constant_lr is not None:
         set_lr(step.opt, constant_lr)
-    resumed = None
-    if scratch and scratch.is_file():
-        resumed = _load_resume(scratch, model, step, orders, stop, label, log, device, watch)
-        step.load()  # (sparse layers: their kept values from the loaded weights)
+    resumed = (_load_resume(scratch, model, step, orders, stop, label, log, device, watch)
+               if scratch and scratch.is_file() else None)
     first = start + 1 if resumed is None else resumed + 1
     clock.add("start-up", time.perf_counter() - entered)
 
