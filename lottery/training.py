@@ -224,7 +224,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
     stop = EarlyStop(state, len(order_seeds))
     extra = (start, constant_lr, augment) + ((watch.key,) if watch else ()) + ((update.key(),) if update is not None else ())
     scratch = resume.point(resume_dir, label, digest(model, mask, cfg, order_seeds, n_train, extra)) if resume_dir else None
-    t0, last_save, since = time.perf_counter(), time.monotonic(), 0
+    last_save, since = time.monotonic(), 0
     # a progress line every log_every iterations, and at least every 10% of the round and every 30 s
     every, last_line = min(cfg.log_every, -(-cfg.iterations // 10)), time.monotonic()
     for _ in range(start):  # replay the data orders (and augmentation draws) of iterations 1..k
@@ -236,6 +236,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
                if scratch and scratch.is_file() else None)
     first = start + 1 if resumed is None else resumed + 1
     clock.add("start-up", time.perf_counter() - entered)
+    t0 = time.perf_counter()  # the progress line's rate: the iterations this process ran, from here
 
     for it in range(first, cfg.iterations + 1):
         t = time.perf_counter()
@@ -254,7 +255,7 @@ def train(model: nn.Module, mask: Mask, data: TensorData, cfg: TrainConfig, orde
         if every and (it % every == 0 or it == cfg.iterations or time.monotonic() - last_line >= PROGRESS_SECONDS):
             step.sync()  # (so that a non-finite loss names the first non-finite weight)
             _check_finite(model, step.running, it, label)
-            _progress(log, label, it, cfg.iterations, (it - start) / (time.perf_counter() - t0), step, stop, since)
+            _progress(log, label, it, cfg.iterations, (it - first + 1) / (time.perf_counter() - t0), step, stop, since)
             since, last_line = 0, time.monotonic()
 
     with clock("test"):
