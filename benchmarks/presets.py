@@ -3,11 +3,13 @@
 Builds each preset's model and trains it with the preset's optimizer, batch size and
 augmentation on random in-memory data of the dataset's shape, for one network and for a
 round's stack (ticket + 2 controls x 2 trials = 6 networks) with half of every prunable
-layer masked, and extrapolates from a few timed iterations after a warm-up. The stack of 6 runs three
-ways: every conv layer grouped (one grouped convolution), every conv layer network by network (`loop`),
-and as a round runs it (each layer on the path `models.conv_loop` chooses; timed apart only where that
-mixes the two paths, else the matching column is repeated); the cases are interleaved over
---passes passes (best kept) and compared as ratios to one network. Prints a table; asserts nothing.
+layer masked, and extrapolates from a few timed iterations after a warm-up. The 6 networks run four
+ways: stacked with every conv layer grouped (one grouped convolution), stacked with every conv layer
+network by network (`loop`), one after another (the one-network training six times in a row), and as a
+round runs them with `train.stack: 0` (one after another where `models.one_at_a_time` says so, else
+stacked with each layer on the path `models.conv_loop` chooses; timed apart only where that mixes the
+two paths, else the matching column is repeated); the cases are interleaved over --passes passes (best
+kept) and compared as ratios to one network. Prints a table; asserts nothing.
 
     python benchmarks/presets.py [--iterations N] [--passes P] [--clock wall|cpu] [--device cpu|cuda] [--params-dir DIR]
 
@@ -103,20 +105,25 @@ def main() -> None:
             (args.write_params / f"{preset}.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         return
 
-    cases = {"1 net": (1, None), "6 grouped": (6, "grouped"), "6 loop": (6, "loop"), "6 nets": (6, None)}
+    cases = {"1 net": (1, None), "6 grouped": (6, "grouped"), "6 loop": (6, "loop"), "6 in turn": (1, None),
+             "6 nets": (6, None)}
     print(f"{'preset':<9} {'model':<14} {'batch':>5} {'precision':>9} | s/1k it: "
-          + " ".join(f"{c:>10}" for c in cases) + " | 6 nets / 1 net: grouped    loop    used | loop layers",
-          flush=True)
+          + " ".join(f"{c:>10}" for c in cases)
+          + " | 6 nets / 1 net: grouped    loop in turn    used | a round", flush=True)
     for preset in args.presets:
         cfg = preset_config(preset, args.params_dir)
         if args.precision:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
         iters = args.iterations * 10 if cfg.model.name == "lenet-300-100" else max(1, args.iterations // 8)
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        runs = {c: trainer(cfg, n, args.device, conv, clock) for c, (n, conv) in cases.items() if c != "6 nets"}
-        convs = [m for m in runs["6 grouped"][0].modules() if isinstance(m, models.StackedConv2d)]
-        rule = [models.conv_loop(m, torch.device(args.device)) for m in convs]  # the path of each layer in a round
-        same = "6 grouped" if not any(rule) else "6 loop" if all(rule) else None  # a case already timed
+        runs = {c: trainer(cfg, n, args.device, conv, clock) for c, (n, conv) in cases.items()
+                if c not in ("6 in turn", "6 nets")}
+        runs["6 in turn"] = runs["1 net"][0], lambda i, one=runs["1 net"][1]: sum(one(i) for _ in range(6))
+        model, dev = runs["6 grouped"][0], torch.device(args.device)
+        convs = [m for m in model.modules() if isinstance(m, models.StackedConv2d)]
+        rule = [models.conv_loop(m, dev) for m in convs]  # the path of each layer in a round's stack
+        same = ("6 in turn" if models.one_at_a_time(model, dev) else "6 grouped" if not any(rule)
+                else "6 loop" if all(rule) else None)  # the case a round runs, where already timed
         if same is None:
             runs["6 nets"] = trainer(cfg, 6, args.device, None, clock)
         best = {c: float("inf") for c in runs}
@@ -124,12 +131,13 @@ def main() -> None:
             for c, (_, timed) in runs.items():
                 best[c] = min(best[c], timed(iters))
         best["6 nets"] = best[same or "6 nets"]
-        looped = f"{sum(rule)}/{len(rule)}" if convs else "-"
+        how = ("one at a time" if same == "6 in turn" else "stacked" + (f", {sum(rule)}/{len(rule)} conv looped"
+                                                                         if convs else ""))
         one = best["1 net"]
         print(f"{preset:<9} {cfg.model.name:<14} {cfg.train.batch_size:>5} {cfg.train.precision:>9} |          "
-              + " ".join(f"{best[c]:>10.2f}" for c in cases)
-              + f" |                {best['6 grouped'] / one:>6.2f}x {best['6 loop'] / one:>6.2f}x {best['6 nets'] / one:>6.2f}x"
-              + f" | {looped}", flush=True)
+              + " ".join(f"{best[c]:>10.2f}" for c in cases) + " |                "
+              + " ".join(f"{best[c] / one:>6.2f}x" for c in ("6 grouped", "6 loop", "6 in turn", "6 nets"))
+              + f" | {how}", flush=True)
 
 
 if __name__ == "__main__":

@@ -150,8 +150,8 @@ class TrainConfig:
                                 "and every 30 s (0 = none)", 500)
     checkpoint_seconds: float = _help("save a resume point every N seconds of a round (crash-safe; not a result param)", 120.0)
     stack: int = _help("networks trained together in one stack (0 = all of the round's trials and controls at once, "
-                       "fastest for small networks); fewer train group after group, e.g. 1 for a ResNet-50 per "
-                       "process group", 0)
+                       "fastest for small networks, except convolutional networks on CPU: one at a time, never "
+                       "slower there); fewer train group after group, e.g. 1 for a ResNet-50 per process group", 0)
     world_size: int = _help("processes that train one round together (data parallel, DistributedDataParallel): each "
                             "takes batch_size / world_size rows of every batch (batch_size stays the global batch)", 1)
     nodes: int = _help("machines the world_size processes spread over (> 1: through Ray Train on the Ray cluster "

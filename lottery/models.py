@@ -202,6 +202,15 @@ def conv_loop(layer: StackedConv2d, device: torch.device) -> bool:
     return device.type == "cpu" and n > 1 and c_in >= LOOP_MIN_CHANNELS
 
 
+def one_at_a_time(model: nn.Module, device: torch.device) -> bool:
+    """Whether a round with `train.stack: 0` trains `model`'s networks one after another instead of all at once
+    (`lottery.rounds.train_groups`): a convolutional stack on CPU, where 6 stacked networks cost 6.1 to 9x one
+    network in `benchmarks/presets.py` (the 6-fold working set of the element-wise operations, whichever
+    convolution path), so that one after another is never slower than a loop; all at once on CUDA and for
+    fully-connected and generic stacks. A fixed rule of the device and the model, never a timing."""
+    return device.type == "cpu" and isinstance(model, ConvStack)
+
+
 def conv_paths(model: nn.Module) -> dict[str, str]:
     """Each stacked conv weight's path as set: 'loop' (network by network) or 'grouped'."""
     return {f"{name}.weight": "loop" if m.loop else "grouped" for name, m in model.named_modules()

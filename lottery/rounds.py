@@ -391,12 +391,16 @@ def run_round(cfg: Config, name: str, prev: str, runs: Path, data_path: Path, lo
 def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, name: str, log=print,
                  resume_dir: Path | None = None, io=None, watch: early_bird.Search | None = None,
                  clock: Clock | None = None) -> Result:
-    """Train the round's networks (`stack`, in place): all at once, or `train.stack` at a time, group after group.
+    """Train the round's networks (`stack`, in place): all at once, or `train.stack` at a time, group after group
+    (`train.stack: 0`: all at once, or one at a time where `models.one_at_a_time` says so and no early-bird search
+    watches the stack).
 
     Every network of a stack trains on its own, so a group trains as it would in the whole stack (the same up to
     the order of float sums in batched kernels). A finished group is kept in `resume_dir` until the round is
     done (`resume.group`), so an interrupted round resumes at the group it was training."""
-    n, size = len(stack.order_seeds), cfg.train.stack or len(stack.order_seeds)
+    n = len(stack.order_seeds)
+    size = cfg.train.stack or (1 if watch is None and models.one_at_a_time(stack.model, data.device) else n)
+    why = f"train.stack={size}" if cfg.train.stack else "train.stack=0: one at a time, a conv stack on CPU"
     kw = dict(log=log, resume_dir=resume_dir, checkpoint_seconds=cfg.train.checkpoint_seconds, start=stack.start,
               constant_lr=stack.constant_lr, augment=cfg.data.augment, clock=clock or Clock())
     methods = [v if v in dst.METHODS else None for v in stack.variants for _ in range(stack.trials)]
@@ -425,7 +429,7 @@ def train_groups(cfg: Config, stack: Stack, mask: masks.Mask, data: TensorData, 
             result = Result(**kept["result"])
             log(f"[{name}] networks {lo}-{rows.stop - 1} of {n}: trained before, read from {done}")
         else:
-            log(f"[{name}] networks {lo}-{rows.stop - 1} of {n} (train.stack={size})")
+            log(f"[{name}] networks {lo}-{rows.stop - 1} of {n} ({why})")
             result = train(net, net_mask, data, cfg.train, order_seeds=seeds, label=name, update=hook, **kw)
             if done and distributed.is_main():
                 with kw["clock"]("saving"):

@@ -487,3 +487,40 @@ def test_conv_layers_loop_on_cpu_by_a_fixed_rule_of_their_shape():
         looped = six(x)
         six.convs[5].loop = False
         torch.testing.assert_close(six(x), looped, rtol=1e-5, atol=1e-5)
+
+
+def test_a_round_trains_a_conv_stack_on_cpu_one_network_at_a_time():
+    """`train.stack: 0` on CPU: a round trains a conv stack network after network (and says so), the same as all
+    at once (`train.stack: 4`) up to summation order; fully-connected stacks and CUDA keep the whole stack."""
+    from lottery import rounds
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.one_at_a_time(models.build("conv-2", [0, 1]), cpu)
+    assert not models.one_at_a_time(models.build("conv-2", [0, 1]), cuda)
+    assert not models.one_at_a_time(models.build("lenet-300-100", [0, 1]), cpu)
+    cfg = config.from_dict({"trials": 2, "controls": ["reinit"], "data": {"dataset": "cifar10"},
+                            "model": {"name": "conv-2"},
+                            "train": {"iterations": 2, "eval_every": 2, "batch_size": 4, "log_every": 0,
+                                      "optimizer": "sgd", "lr": 0.01},  # (Adam's first step is lr * sign(g))
+                            "prune": {"rounds": 1, "chain": config.chain(1)}})
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32, generator=gen), torch.randint(0, 10, (24,), generator=gen)
+    data = TensorData(x[:16], y[:16], x[16:20], y[16:20], x[20:], y[20:])
+
+    def run(size: int):
+        cfg.train.stack = size
+        model = models.build("conv-2", [0, 1, 2, 3])
+        mask = masks.ones(model, models.prunable(model))
+        stack = rounds.Stack(["ticket", "reinit"], 2, ["a", "b", "c", "d"], mask, model, mask, [0, 1, 2, 3],
+                             [None] * 4, [10, 11, 10, 11])
+        lines = []
+        result = rounds.train_groups(cfg, stack, {k: m.clone() for k, m in mask.items()}, data, "r1", log=lines.append)
+        return model.state_dict(), result, [line for line in lines if "networks" in line]
+
+    state, result, lines = run(0)
+    assert lines == [f"[r1] networks {i}-{i} of 4 (train.stack=0: one at a time, a conv stack on CPU)" for i in range(4)]
+    whole, whole_result, whole_lines = run(4)
+    assert whole_lines == []
+    for k, v in state.items():
+        torch.testing.assert_close(v, whole[k], rtol=1e-3, atol=1e-5)
+    assert result.early_stop_iteration == whole_result.early_stop_iteration == [2] * 4
