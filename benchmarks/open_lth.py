@@ -79,7 +79,8 @@ no weight decay, the iterations per training, the trainings themselves, CPU, the
               (MNIST's mean/std) in a DataLoader with 0 workers (its local platform's default).
   execution   ours: the networks of a round stacked and trained together in one stage process (the trials' dense
               networks, then trials x (ticket, reinit, random)). open_lth: one network at a time, 3 processes per trial.
-  data order  ours: seeded per trial. open_lth: data_order_seed unset (a fresh random order per run).
+  seeds       ours: data orders and the reinit control's weights seeded per trial. open_lth: data_order_seed unset
+              (a fresh random order per run), and its reinit branch draws unseeded weights.
   random mask open_lth: randomly_prune --strategy layerwise --seed=<replicate> (each layer's mask shuffled).
   open_lth    run through a 2-line shim for today's torch/numpy (SHIM in this file: a stub for its unused DDP base
               class, numpy.product = numpy.prod); its code is unchanged.
@@ -167,9 +168,10 @@ def main() -> None:
     a = ap.parse_args()
     a.open_lth = a.open_lth.resolve()
     if not (a.open_lth / "open_lth.py").is_file():
-        raise SystemExit(f"error: --open-lth {a.open_lth}: no open_lth.py there")
-    if a.rounds < 1 or a.trials < 1 or a.iterations < 1 or a.passes < 1:
-        raise SystemExit("error: --iterations, --trials, --rounds and --passes must be at least 1")
+        ap.error(f"--open-lth {a.open_lth}: no open_lth.py there")
+    for key in ("iterations", "trials", "rounds", "passes"):
+        if getattr(a, key) < 1:
+            ap.error(f"--{key} {getattr(a, key)}: must be at least 1")
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=a.open_lth, capture_output=True,
                                 text=True).stdout.strip() or "?"
