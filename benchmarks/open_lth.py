@@ -9,7 +9,8 @@ trials x (1 + 3 x rounds) trainings on each side (20 by default).
   defaults) in a fresh copy of this checkout's project files (the tests' `make_repo`: git init + commit).
 - open_lth, per trial (its "replicate") R: `open_lth.py lottery --levels=3`, then `lottery_branch
   randomly_reinitialize --levels=1-3` and `lottery_branch randomly_prune --levels=1-3 --seed=R`, one process
-  after another (open_lth trains one network per process at a time), CUDA hidden so both sides run on CPU.
+  after another (open_lth trains one network per process at a time), CUDA hidden so both sides run on CPU;
+  through SHIM below (two attributes patched for today's torch and numpy; open_lth's files are not edited).
 
 What is timed: the wall time of the same trainings, data preparation excluded on both sides. Ours: the whole
 `dvc exp run` (check, init, the dense round, every pruning round, summarize), after an untimed
@@ -20,7 +21,7 @@ downloads nothing; each open_lth training still parses those files itself (its o
 open_lth hard-codes its folders under `~` (platforms/local.py), so its processes run with HOME set to a temporary
 folder: nothing is written under the real home. Each pass starts both sides from empty result folders (no
 cache, no run-cache, no finished open_lth run to skip). With `--passes` > 1 the two sides alternate (ours first
-on even passes, open_lth first on odd ones) and the table prints every pass and the medians. Both sides run with
+in passes 1, 3, ..., open_lth first in passes 2, 4, ...) and the table prints every pass and the medians. Both sides run with
 the caller's OMP_NUM_THREADS (unset: torch's default); on a shared machine use OMP_NUM_THREADS=1.
 
 It also counts the trainings each side really wrote (rows of our metrics/rounds.csv; open_lth's `logger`
